@@ -1,0 +1,338 @@
+"""Configuration: one YAML file, validated with pydantic before anything starts.
+
+Every key is documented in `config/srwatch.yaml`. Relative paths are resolved against the
+folder of the config file, so a config can be moved together with its folders.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+#: Names that a writer uses while a file is still being written; ignored until renamed.
+DEFAULT_IGNORE = [".*", "*.part", "*.tmp", "*.crdownload", "*.swp", "*~", "*.filepart", "*.partial"]
+
+
+class _Section(BaseModel):
+    """Base for config sections: unknown keys are errors, values are not coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Section):
+    """Folders. The inbox must exist; the others are created when create_missing is on."""
+
+    inbox: Path
+    outbox: Path
+    quarantine: Path
+    archive: Path
+    work: Optional[Path] = None  # default: <inbox>/../.srwatch-work (same filesystem)
+    cache: Optional[Path] = None  # default: <work>/../.srwatch-cache
+    create_missing: bool = True
+
+
+class ModelConfig(_Section):
+    """The super-resolution model and the engine that runs it."""
+
+    path: Path
+    algorithm: Optional[Literal["edsr", "espcn", "fsrcnn", "lapsrn"]] = None
+    scale: Optional[int] = Field(default=None, ge=2, le=8)
+    engine: Literal["opencv", "openvino", "onnxruntime"] = "opencv"
+    device: Literal["cpu", "cuda", "gpu"] = "cpu"
+
+
+class PoolConfig(_Section):
+    """Worker processes, each holding its own model."""
+
+    workers: Union[int, Literal["auto"]] = "auto"
+    threads_per_worker: Union[int, Literal["auto"]] = "auto"
+    queue_size: int = Field(default=32, ge=1)  # jobs waiting for a worker; bounds memory
+    job_timeout: float = Field(default=900.0, gt=0)  # in seconds, per file
+    max_attempts: int = Field(default=2, ge=1, le=10)  # a file whose worker dies is tried this often
+    max_jobs_per_worker: int = Field(default=0, ge=0)  # recycle a worker after N jobs; 0 = never
+
+    @field_validator("workers", "threads_per_worker")
+    @classmethod
+    def _positive(cls, value: Union[int, str]) -> Union[int, str]:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1, or 'auto'")
+        return value
+
+
+class WatchConfig(_Section):
+    """How the inbox is watched."""
+
+    polling: bool = False  # PollingObserver, for NFS/SMB where inotify sees nothing
+    poll_interval: float = Field(default=2.0, gt=0)  # in seconds, for polling
+    recursive: bool = False
+    settle_seconds: float = Field(default=2.0, ge=0)  # size and mtime unchanged this long = complete
+    rescan_interval: float = Field(default=60.0, ge=0)  # in seconds; 0 = no periodic rescan
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+
+
+class OutputConfig(_Section):
+    """What the result file looks like."""
+
+    format: Literal["same", "png", "jpg", "webp", "tiff"] = "same"
+    suffix: str = "_x{scale}"
+    jpeg_quality: int = Field(default=95, ge=1, le=100)
+    webp_quality: int = Field(default=95, ge=1, le=101)  # 101 = lossless
+    png_compression: int = Field(default=3, ge=0, le=9)
+    keep_metadata: bool = True  # ICC profile and EXIF, where the format allows
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix_ok(cls, value: str) -> str:
+        if "/" in value or "\0" in value:
+            raise ValueError("must not contain '/'")
+        try:
+            value.format(scale=2)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only the placeholder {{scale}} is allowed ({exc})") from None
+        return value
+
+
+class TileConfig(_Section):
+    """Tiled inference keeps worker memory bounded on large inputs."""
+
+    size: Union[int, Literal["auto", "off"]] = "auto"  # tile side in input pixels
+    overlap: int = Field(default=12, ge=0)  # in input pixels, each side
+    max_memory_mb: int = Field(default=1024, ge=16)  # activation budget per worker for 'auto'
+
+    @field_validator("size")
+    @classmethod
+    def _size_ok(cls, value: Union[int, str]) -> Union[int, str]:
+        if isinstance(value, int) and value < 16:
+            raise ValueError("must be at least 16 pixels, 'auto' or 'off'")
+        return value
+
+
+class LimitsConfig(_Section):
+    """Guards against inputs that would exhaust the machine."""
+
+    max_pixels: int = Field(default=40_000_000, ge=1)  # input width*height, read from the header
+    max_file_mb: float = Field(default=1024.0, gt=0)  # input size on disk
+
+
+class PreshrinkConfig(_Section):
+    """Downscale very large inputs before the model (off when max_side is 0)."""
+
+    max_side: int = Field(default=0, ge=0)
+
+
+class CacheConfig(_Section):
+    """Reuse the result for byte-identical inputs with the same model and settings."""
+
+    enabled: bool = False
+    max_mb: int = Field(default=2048, ge=1)
+
+
+class LogConfig(_Section):
+    """Logging to stderr (journald picks it up under systemd)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(_Section):
+    """The whole configuration file."""
+
+    paths: PathsConfig
+    model: ModelConfig
+    pool: PoolConfig = PoolConfig()
+    watch: WatchConfig = WatchConfig()
+    output: OutputConfig = OutputConfig()
+    tile: TileConfig = TileConfig()
+    limits: LimitsConfig = LimitsConfig()
+    preshrink: PreshrinkConfig = PreshrinkConfig()
+    cache: CacheConfig = CacheConfig()
+    log: LogConfig = LogConfig()
+    on_success: Literal["archive", "delete"] = "archive"
+    shutdown_timeout: float = Field(default=60.0, ge=0)  # in seconds, for in-flight files
+    source: Optional[Path] = None  # the file this was read from (set by the loader)
+
+    @model_validator(mode="after")
+    def _folders_distinct(self) -> "Config":
+        check_folder_layout(folder_map(self))
+        return self
+
+    # Convenience accessors, resolved for the machine we run on.
+    @property
+    def work_dir(self) -> Path:
+        """Where claimed files wait and are processed."""
+        return self.paths.work or self.paths.inbox.parent / ".srwatch-work"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where cached results live."""
+        return self.paths.cache or self.work_dir.parent / ".srwatch-cache"
+
+    def worker_layout(self) -> tuple[int, int]:
+        """(workers, threads per worker), with 'auto' resolved from the CPUs we may use."""
+        cpus = available_cpus()
+        threads = self.pool.threads_per_worker
+        workers = self.pool.workers
+        if workers == "auto" and threads == "auto":
+            # Many small images keep the pool busy best with one thread per process.
+            threads = 1
+        if workers == "auto":
+            workers = max(1, min(8, cpus // int(threads)))
+        if threads == "auto":
+            threads = max(1, cpus // int(workers))
+        return int(workers), int(threads)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects affinity and cgroup cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def folder_map(cfg: Config) -> dict[str, Path]:
+    """The daemon's folders by config key."""
+    folders = {
+        "paths.inbox": cfg.paths.inbox,
+        "paths.outbox": cfg.paths.outbox,
+        "paths.quarantine": cfg.paths.quarantine,
+        "paths.work": cfg.work_dir,
+    }
+    if cfg.on_success == "archive":
+        folders["paths.archive"] = cfg.paths.archive
+    if cfg.cache.enabled:
+        folders["paths.cache"] = cfg.cache_dir
+    return folders
+
+
+def check_folder_layout(folders: dict[str, Path]) -> None:
+    """No folder may equal or contain another: outbox inside inbox would feed itself."""
+    resolved = {key: Path(os.path.abspath(path)) for key, path in folders.items()}
+    keys = list(resolved)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            pa, pb = resolved[a], resolved[b]
+            if pa == pb:
+                raise ValueError(f"{a} and {b} are the same folder ({pa})")
+            if pb.is_relative_to(pa):
+                raise ValueError(f"{b} ({pb}) is inside {a} ({pa})")
+            if pa.is_relative_to(pb):
+                raise ValueError(f"{a} ({pa}) is inside {b} ({pb})")
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make relative paths in the raw mapping relative to the config file's folder."""
+    paths = raw.get("paths")
+    if isinstance(paths, dict):
+        for key, value in paths.items():
+            if isinstance(value, str) and key != "create_missing":
+                paths[key] = str(base / os.path.expanduser(value))
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("path"), str):
+        model["path"] = str(base / os.path.expanduser(model["path"]))
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per bad key, named as written in YAML (e.g. `pool.workers: ...`)."""
+    problems: dict[str, list[str]] = {}
+    for err in exc.errors():
+        # Union members add their type to the location ("int", "literal['auto']"): drop them.
+        parts = [str(p) for p in err["loc"] if not _is_union_tag(str(p))]
+        key = ".".join(parts)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        problems.setdefault(key, [])
+        if msg not in problems[key]:
+            problems[key].append(msg)
+    lines = []
+    for key, msgs in problems.items():
+        text = " or ".join(msgs)
+        lines.append(f"{key}: {text}" if key else text)
+    return "\n".join(lines)
+
+
+def _is_union_tag(part: str) -> bool:
+    return part in {"int", "str", "float", "bool"} or part.startswith(("literal[", "function-"))
+
+
+def parse_config(raw: Any, base: Path, source: Optional[Path] = None) -> Config:
+    """Validate a mapping (as read from YAML); raise ConfigError naming the bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the config file must be a YAML mapping of sections (paths:, model:, ...)")
+    raw = {key: (dict(value) if isinstance(value, dict) else value) for key, value in raw.items()}
+    _resolve_paths(raw, base)
+    if source is not None:
+        raw["source"] = str(source)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: Union[str, Path]) -> Config:
+    """Read and validate a config file (no filesystem checks beyond reading it)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, path.resolve().parent, source=path.resolve())
+
+
+def prepare_folders(cfg: Config, create: bool = True) -> None:
+    """Check the folders exist (creating them if allowed) and can be used; raise ConfigError.
+
+    With create=False (check-config) nothing is created: a folder that would be created is
+    only checked to have a writable existing parent.
+
+    The inbox is never created: a missing inbox usually means an unmounted share, and
+    watching an empty local folder instead would silently do nothing.
+    """
+    inbox = cfg.paths.inbox
+    if not inbox.is_dir():
+        raise ConfigError(f"paths.inbox: folder does not exist: {inbox}")
+    for key, folder in folder_map(cfg).items():
+        if key == "paths.inbox":
+            continue
+        if not folder.is_dir():
+            if not cfg.paths.create_missing:
+                raise ConfigError(f"{key}: folder does not exist: {folder} (or set paths.create_missing: true)")
+            if not create:
+                parent = next((p for p in folder.parents if p.exists()), None)
+                if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+                    raise ConfigError(f"{key}: cannot create {folder}: {parent} is not writable")
+                continue
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"{key}: cannot create {folder}: {exc.strerror}") from None
+    for key, folder in folder_map(cfg).items():
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}: folder is not writable: {folder}")
+    # Claiming is an atomic rename, which only works within one filesystem.
+    work = cfg.work_dir if cfg.work_dir.exists() else next(p for p in cfg.work_dir.parents if p.exists())
+    if os.stat(inbox).st_dev != os.stat(work).st_dev:
+        raise ConfigError(
+            f"paths.work: {cfg.work_dir} must be on the same filesystem as paths.inbox ({inbox})"
+        )
+
+
+def check_model_file(cfg: Config) -> None:
+    """The model file must exist and be readable; the engine checks the rest when it loads."""
+    path = cfg.model.path
+    if not path.is_file():
+        raise ConfigError(f"model.path: no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"model.path: file is not readable: {path}")
