@@ -1,0 +1,197 @@
+"""Command line: `srwatch run|once|upscale|check-config|eval|train|export`.
+
+Exit status: 0 success, 1 failure while running, 2 configuration or usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+from .errors import ConfigError, JobError, SrwatchError
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL_NAME = "EDSR-srwatch_x3.pb"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    ap = argparse.ArgumentParser(prog="srwatch", description="Watch-folder super-resolution daemon.")
+    ap.add_argument("--version", action="version", version=f"srwatch {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground (logs to stderr)")
+    run.add_argument("-c", "--config", required=True, type=Path)
+
+    once = sub.add_parser("once", help="process the files in the inbox (and left-over claims), then exit")
+    once.add_argument("-c", "--config", required=True, type=Path)
+    once.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+
+    up = sub.add_parser("upscale", help="upscale one image")
+    up.add_argument("input", type=Path)
+    up.add_argument("output", type=Path)
+    up.add_argument("--model", type=Path, help=f"model file (default: models/{DEFAULT_MODEL_NAME})")
+    up.add_argument("--scale", type=int, help="scale, when the file name does not tell")
+    up.add_argument("--algorithm", choices=["edsr", "espcn", "fsrcnn", "lapsrn"])
+    up.add_argument("--engine", choices=["opencv", "openvino", "onnxruntime"])
+    up.add_argument("-c", "--config", type=Path, help="take model, tile and output settings from this config")
+    up.add_argument("--threads", type=int, default=0, help="inference threads (default: all CPUs)")
+
+    chk = sub.add_parser("check-config", help="validate a config file (and load its model) without running")
+    chk.add_argument("config", type=Path)
+    chk.add_argument("--no-model", action="store_true", help="skip loading the model")
+
+    sub.add_parser("eval", help="PSNR/SSIM table on Set5 for model files (see `srwatch eval -h`)", add_help=False)
+    sub.add_parser("train", help="train an EDSR model (needs the [train] extra)", add_help=False)
+    sub.add_parser("export", help="export a training checkpoint to .pb and .onnx", add_help=False)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `srwatch` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Sub-commands with parsers of their own get the rest of the line untouched.
+    if argv and argv[0] == "eval":
+        from .evaluate import main_eval
+
+        return main_eval(argv[1:])
+    if argv and argv[0] == "train":
+        from .train.train import main as train_main
+
+        return train_main(argv[1:])
+    if argv and argv[0] == "export":
+        from .train.export import main as export_main
+
+        return export_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("run", "once"):
+            return cmd_run(args.config, once=args.command == "once", progress=_want_progress(args))
+        if args.command == "check-config":
+            return cmd_check_config(args.config, load_model=not args.no_model)
+        if args.command == "upscale":
+            return cmd_upscale(args)
+    except ConfigError as exc:
+        print(f"srwatch: configuration error:\n{_indent(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
+    except JobError as exc:
+        print(f"srwatch: {exc.reason}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except SrwatchError as exc:
+        print(f"srwatch: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_CONFIG
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def _want_progress(args: argparse.Namespace) -> bool:
+    return args.command == "once" and not args.no_progress and sys.stderr.isatty()
+
+
+def cmd_run(config: Path, once: bool, progress: bool) -> int:
+    """`srwatch run` / `srwatch once`."""
+    from .config import load_config
+    from .daemon import Daemon
+    from .logs import setup_logging
+
+    cfg = load_config(config)
+    setup_logging(cfg.log)
+    if progress:
+        # The bar replaces the per-file lines on a terminal; warnings still show.
+        logging.getLogger("srwatch.daemon").setLevel(logging.WARNING)
+    daemon = Daemon(cfg, once=once, progress=progress)
+    daemon.install_signals()
+    return daemon.run()
+
+
+def cmd_check_config(config: Path, load_model: bool) -> int:
+    """`srwatch check-config FILE`: the same checks as at start, without running."""
+    from .config import check_model_file, folder_map, load_config, prepare_folders
+
+    cfg = load_config(config)
+    prepare_folders(cfg, create=False)
+    check_model_file(cfg)
+    workers, threads = cfg.worker_layout()
+    lines = [f"{config}: OK"]
+    for key, folder in folder_map(cfg).items():
+        lines.append(f"  {key:18} {folder}{'' if folder.is_dir() else '  (will be created)'}")
+    if load_model:
+        from .process import Processor
+
+        processor = Processor(cfg, threads)
+        lines.append(f"  model              {cfg.model.path} (x{processor.scale}, engine {cfg.model.engine}: loaded and tested)")
+    else:
+        lines.append(f"  model              {cfg.model.path} (not loaded)")
+    lines.append(f"  pool               {workers} worker(s) x {threads} thread(s)")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def default_model() -> Optional[Path]:
+    """The embedded default model, when srwatch runs from a checkout."""
+    path = REPO_MODELS / DEFAULT_MODEL_NAME
+    return path if path.is_file() else None
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    """`srwatch upscale IN OUT`: one image, same pipeline as the daemon's workers."""
+    from .config import load_config, parse_config
+    from .process import Processor
+    from .sink import TEMP_PREFIX
+
+    if args.config:
+        base = load_config(args.config).model_dump(exclude={"source"})
+    else:
+        model = args.model or default_model()
+        if model is None:
+            raise ConfigError(f"--model: no model given and models/{DEFAULT_MODEL_NAME} not found")
+        base = {"model": {"path": str(model)}}
+    # The single-image path touches no daemon folder: these names are never created.
+    base["paths"] = {k: f"/nonexistent/srwatch/{k}" for k in ("inbox", "outbox", "quarantine", "archive")}
+    base.setdefault("cache", {})
+    base["cache"] = {**dict(base["cache"]), "enabled": False}
+    model_over = {k: v for k, v in (("path", args.model), ("scale", args.scale), ("algorithm", args.algorithm), ("engine", args.engine)) if v}
+    base["model"] = {**dict(base["model"]), **{k: str(v) if isinstance(v, Path) else v for k, v in model_over.items()}}
+    base["output"] = {**dict(base.get("output", {})), "format": _format_for(args.output)}
+    cfg = parse_config(_plain(base), Path.cwd())
+    threads = args.threads or len(os.sched_getaffinity(0))
+    if not args.input.is_file():
+        raise ConfigError(f"input: no such file: {args.input}")
+    rendered = Processor(cfg, threads).process(args.input)
+    out = args.output
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{TEMP_PREFIX}{os.getpid()}-{out.name}")
+    tmp.write_bytes(rendered.data)
+    os.replace(tmp, out)
+    for note in rendered.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{args.input} ({rendered.input_size[0]}x{rendered.input_size[1]}) -> {out} ({rendered.output_size[0]}x{rendered.output_size[1]})")
+    return EXIT_OK
+
+
+def _format_for(path: Path) -> str:
+    ext = path.suffix.lower().lstrip(".")
+    return {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp", "tif": "tiff", "tiff": "tiff"}.get(ext, "same")
+
+
+def _plain(value):
+    """model_dump leaves Path objects; YAML-like plain values for parse_config."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
