@@ -68,8 +68,8 @@ class Daemon:
     # -- bootstrap -----------------------------------------------------------------------
     def bootstrap(self) -> None:
         """Folders, lock, workers (ready = holding their model), recovered jobs, the watcher."""
+        check_model_file(self.cfg)  # before creating anything: a bad config changes nothing
         prepare_folders(self.cfg)
-        check_model_file(self.cfg)
         self._take_lock()
         self._start_workers(self.cfg)
         self._recover()
@@ -113,6 +113,7 @@ class Daemon:
             if time.monotonic() > deadline:
                 self._abort_generation(fresh)
                 raise ConfigError(f"model.path: workers did not load {cfg.model.path} within {STARTUP_TIMEOUT:.0f} s")
+            self._heartbeat()  # on reload the old workers keep serving meanwhile
             for worker, msg in self.pool.wait(TICK):
                 if worker in fresh:
                     if isinstance(msg, LoadFailed) or msg is None:

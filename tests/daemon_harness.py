@@ -20,7 +20,7 @@ SHARED = REPO.parent / "shared"
 DEFAULT_MODEL = REPO / "models" / "EDSR-srwatch_x3.pb"
 
 
-def test_model() -> Path:
+def model_for_tests() -> Path:
     """The project's default model (the upstream FSRCNN_x3 only until ours is shipped)."""
     if DEFAULT_MODEL.is_file():
         return DEFAULT_MODEL
@@ -102,7 +102,7 @@ def write_config(layout: Layout, **overrides) -> Path:
             "inbox": str(layout.inbox), "outbox": str(layout.outbox), "quarantine": str(layout.quarantine),
             "archive": str(layout.archive), "work": str(layout.work),
         },
-        "model": {"path": str(test_model())},
+        "model": {"path": str(model_for_tests())},
         "pool": {"workers": 2, "threads_per_worker": 1},
         "watch": {"settle_seconds": 1.0, "rescan_interval": 5},
         "tile": {"size": "off"},

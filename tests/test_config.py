@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from daemon_harness import REPO, Layout, test_model, write_config
+from daemon_harness import REPO, Layout, model_for_tests, write_config
 from srwatch.config import Config, load_config, parse_config
 from srwatch.errors import ConfigError
 
@@ -20,7 +21,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def minimal(tmp_path: Path) -> dict:
     return {
         "paths": {"inbox": "in", "outbox": "out", "quarantine": "q", "archive": "a"},
-        "model": {"path": str(test_model())},
+        "model": {"path": str(model_for_tests())},
     }
 
 
@@ -126,6 +127,6 @@ def test_shipped_config_is_valid_and_documents_every_option() -> None:
         if section_name == "source":
             continue
         assert f"{section_name}:" in text, section_name
-        if hasattr(section, "model_fields"):
+        if isinstance(section, BaseModel):
             for key in type(section).model_fields:
                 assert f"{key}:" in text, f"{section_name}.{key} is not documented in config/srwatch.yaml"

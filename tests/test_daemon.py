@@ -17,7 +17,7 @@ from daemon_harness import (
     image_bytes,
     make_image,
     settled,
-    test_model,
+    model_for_tests,
     wait_for,
     write_config,
 )
@@ -27,10 +27,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def layout(tmp_path: Path) -> Layout:
-    if not test_model().is_file():
+    if not model_for_tests().is_file():
         if os.environ.get("CI") == "true":
-            pytest.fail(f"model missing: {test_model()}")
-        pytest.skip(f"model missing: {test_model()}")
+            pytest.fail(f"model missing: {model_for_tests()}")
+        pytest.skip(f"model missing: {model_for_tests()}")
     return Layout(tmp_path)
 
 
@@ -234,7 +234,7 @@ def test_sighup_reloads_config_and_a_bad_config_is_refused(layout: Layout) -> No
         wait_for(lambda: "reload of" in daemon.log(), 30, what="refused reload")
         assert "pool.bogus_key: unknown key" in daemon.log()
         x2 = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "FSRCNN_x2.pb"
-        new = text.replace(str(test_model()), str(x2)) + "output:\n  suffix: _big{scale}\n"
+        new = text.replace(str(model_for_tests()), str(x2)) + "output:\n  suffix: _big{scale}\n"
         daemon.config.write_text(new)
         daemon.signal(signal.SIGHUP)
         wait_for(lambda: "configuration reloaded" in daemon.log(), 60, what="reload")
