@@ -70,7 +70,7 @@ def write_new(folder: Path, stem: str, ext: str, data: bytes) -> Path:
 
 
 def _place(tmp: Path, folder: Path, stem: str, ext: str) -> Path:
-    """Give `tmp` its final name without replacing anything; removes `tmp`."""
+    """Give `tmp` its final name `stem[-N]ext` in `folder` without replacing anything; `tmp` is gone after."""
     for final in candidate_names(folder, stem, ext):
         try:
             os.link(tmp, final)
@@ -93,20 +93,7 @@ def move_new(src: Path, folder: Path, name: str) -> Path:
     """Move `src` into `folder` under `name` (or `name-N`), never replacing a file."""
     folder.mkdir(parents=True, exist_ok=True)
     stem, ext = _split_name(name)
-    for final in candidate_names(folder, stem, ext):
-        try:
-            os.link(src, final)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
-                raise
-            if final.exists():
-                continue
-            os.rename(src, final)
-            break
-        src.unlink()
-        break
+    final = _place(src, folder, stem, ext)
     _fsync_dir(folder)
     return final
 

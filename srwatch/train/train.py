@@ -71,6 +71,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[TrainArgs, argpars
     ap.add_argument("--init-from", default=None)
     ap.add_argument("--out", required=True, help="run folder (checkpoints, log)")
     ap.add_argument("--max-minutes", type=float, default=0.0, help="stop (resumable) after this long")
+    ap.add_argument("--stop-at", type=int, default=0, help="stop (resumable) at this step")
     ap.add_argument("--val-every", type=int, default=1000)
     ap.add_argument("--ckpt-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all CPUs)")
@@ -218,7 +219,8 @@ def train(args: TrainArgs, ns: argparse.Namespace) -> dict:
             rate = 100 / (time.time() - window_t)
             log(f"step {step}/{args.steps} loss {window_loss / 100:.5f} lr {learning_rate(args, step):.2e} {rate:.1f} steps/s")
             window_loss, window_t = 0.0, time.time()
-        timed_out = ns.max_minutes and (time.time() - started) > ns.max_minutes * 60
+        timed_out = bool(ns.max_minutes and (time.time() - started) > ns.max_minutes * 60)
+        timed_out = timed_out or bool(ns.stop_at and step >= ns.stop_at)
         if step % ns.val_every == 0 or step == args.steps:
             score = validate(ema, val_pairs, args.scale)
             history.append((step, score))
@@ -234,7 +236,7 @@ def train(args: TrainArgs, ns: argparse.Namespace) -> dict:
             }
             save_checkpoint(last, state)
         if timed_out:
-            log(f"time limit reached at step {step}; run again to resume")
+            log(f"stopped at step {step}; run again to resume")
             break
     (out / "history.json").write_text(json.dumps({"best": best, "history": history}, indent=1))
     return {"step": step, "best": best}
