@@ -16,7 +16,7 @@ from .errors import ConfigError, JobError, SrwatchError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL_NAME = "EDSR-srwatch_x3.pb"
+DEFAULT_MODEL_NAME = "EDSR-srwatch_x3.onnx"
 
 
 def build_parser() -> argparse.ArgumentParser:
