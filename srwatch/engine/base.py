@@ -1,0 +1,315 @@
+"""What every engine shares: the pre- and post-processing stages, load-time checks, tiling.
+
+An engine only has to provide ``forward(blob) -> blob`` (NCHW float32 in and out). The stages
+around it follow cv2.dnn_superres (opencv_contrib modules/dnn_superres/src/dnn_superres.cpp):
+
+* ``edsr``: BGR as float 0..255 minus the DIV2K mean in; output plus the mean, rounded.
+* ``espcn``, ``fsrcnn``, ``lapsrn``: the Y channel of YCrCb in 0..1 in; the output Y is merged
+  with the input's Cr and Cb resized by ``cv2.resize`` with its default INTER_LINEAR (that is
+  what dnn_superres does), then converted back to BGR.
+
+For 8-bit images the stages reproduce dnn_superres bit for bit (8-bit YCrCb conversions,
+rounding and saturation as ``convertTo``). 16-bit images take a float pipeline with the same
+maths (dnn_superres itself would reduce them to 8 bits).
+"""
+from __future__ import annotations
+
+import abc
+import ctypes
+import functools
+import logging
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from ..config import ModelConfig, TileConfig
+from ..errors import ModelError, ModelLoadError
+from .. import tiling
+from .models import ModelInfo
+
+log = logging.getLogger(__name__)
+
+#: BGR mean of DIV2K that dnn_superres subtracts for ``edsr`` (0..255 units), digit for digit
+#: as in dnn_superres.cpp (srwatch.train.model has 114.35629: one float32 step lower).
+DIV2K_MEAN_BGR = np.array((103.1545782, 111.561547, 114.35629928), dtype=np.float32)
+
+#: Input size of the load-time test forward (height, width): small, and not square so a
+#: swapped height/width shows up.
+PROBE_SHAPE = (24, 20)
+
+#: Float32 tensors of the widest layer's size alive at once during a forward pass, for tile
+#: 'auto'. Measured with the 32x256 EDSR stand-in (RSS growth of a forward pass divided by
+#: 4 bytes x 256 x input pixels): cv2.dnn 3.8-4.3, onnxruntime 3.8-4.8, OpenVINO about 3.6
+#: (plus its per-shape weight copy, which is not activation memory). 6 leaves some headroom.
+LIVE_TENSORS = 6.0
+
+#: Bytes per *output* pixel that pre/post-processing holds at once: float32 Y, Cr, Cb and the
+#: merged YCrCb at output size plus the result (EDSR: the float output and the result).
+PIPELINE_BYTES_PER_OUTPUT_PIXEL = 48.0
+
+#: Fallback widest layer (channels at input resolution) when the graph cannot be measured.
+DEFAULT_WIDEST_LAYER = 256.0
+
+_MAX_VALUE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+# --- stages: arrays in, arrays out ------------------------------------------------------------
+
+
+def check_image(img: np.ndarray) -> np.ndarray:
+    """The image itself if it is uint8/uint16 (H, W) or (H, W, 3); ValueError otherwise."""
+    if img.dtype not in _MAX_VALUE:
+        raise ValueError(f"image dtype must be uint8 or uint16, not {img.dtype}")
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3):
+        return img
+    raise ValueError(f"image must be (H, W) or (H, W, 3), not {img.shape}")
+
+
+def bgr_to_ycrcb(img: np.ndarray) -> np.ndarray:
+    """YCrCb float32 in 0..1 (H, W, 3). 8-bit converts in 8 bits first, exactly as dnn_superres."""
+    if img.dtype == np.uint8:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2YCrCb).astype(np.float32) * np.float32(1.0 / 255.0)
+    unit = img.astype(np.float32) * np.float32(1.0 / _MAX_VALUE[img.dtype])
+    return cv2.cvtColor(unit, cv2.COLOR_BGR2YCrCb)
+
+
+def gray_to_unit(img: np.ndarray) -> np.ndarray:
+    """A grayscale image as float32 0..1 (dnn_superres treats 1-channel input as Y)."""
+    return img.astype(np.float32) * np.float32(1.0 / _MAX_VALUE[img.dtype])
+
+
+def plane_to_blob(plane: np.ndarray) -> np.ndarray:
+    """(H, W) float32 -> (1, 1, H, W), contiguous."""
+    return np.ascontiguousarray(plane[None, None], dtype=np.float32)
+
+
+def blob_to_plane(blob: np.ndarray) -> np.ndarray:
+    """(1, 1, H, W) -> (H, W)."""
+    return blob[0, 0]
+
+
+def merge_luma(y_hr: np.ndarray, ycrcb_lr: np.ndarray) -> np.ndarray:
+    """Model Y with the input's chroma resized to its size (INTER_LINEAR, as dnn_superres)."""
+    size = (y_hr.shape[1], y_hr.shape[0])
+    cr = cv2.resize(ycrcb_lr[..., 1], size, interpolation=cv2.INTER_LINEAR)
+    cb = cv2.resize(ycrcb_lr[..., 2], size, interpolation=cv2.INTER_LINEAR)
+    return cv2.merge([y_hr.astype(np.float32), cr, cb])
+
+
+def unit_to_dtype(unit: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """0..1 float -> uint8/uint16, rounded half to even and saturated (as convertTo)."""
+    peak = _MAX_VALUE[np.dtype(dtype)]
+    return np.clip(np.rint(unit * np.float32(peak)), 0, peak).astype(dtype)
+
+
+def ycrcb_to_bgr(ycrcb: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """YCrCb float 0..1 -> BGR of ``dtype``; 8-bit rounds first and converts in 8 bits (dnn_superres)."""
+    if np.dtype(dtype) == np.uint8:
+        return cv2.cvtColor(unit_to_dtype(ycrcb, np.dtype(np.uint8)), cv2.COLOR_YCrCb2BGR)
+    return unit_to_dtype(cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR), np.dtype(dtype))
+
+
+def bgr_to_edsr_blob(img: np.ndarray) -> np.ndarray:
+    """BGR -> (1, 3, H, W) float32 in 0..255 minus the DIV2K mean (16-bit scaled to 0..255)."""
+    scaled = img.astype(np.float32)
+    if img.dtype != np.uint8:
+        scaled *= np.float32(255.0 / _MAX_VALUE[img.dtype])
+    return np.ascontiguousarray((scaled - DIV2K_MEAN_BGR).transpose(2, 0, 1)[None])
+
+
+def edsr_blob_to_bgr(blob: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """(1, 3, H, W) model output -> BGR of ``dtype``: plus the mean, rounded, saturated."""
+    bgr = blob[0].transpose(1, 2, 0) + DIV2K_MEAN_BGR
+    if np.dtype(dtype) == np.uint8:
+        return np.clip(np.rint(bgr), 0, 255).astype(np.uint8)
+    return unit_to_dtype(bgr * np.float32(1.0 / 255.0), np.dtype(dtype))
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+
+class Engine(abc.ABC):
+    """A loaded model that upscales BGR (or grayscale) uint8/uint16 images by ``scale``."""
+
+    #: Name used in config (model.engine) and in cache keys.
+    name = "base"
+
+    def __init__(self, info: ModelInfo, tile_cfg: TileConfig, threads: int) -> None:
+        self.info = info
+        self.tile_cfg = tile_cfg
+        self.threads = max(1, int(threads))
+        self.tile_size: Optional[int] = None  # resolved by finish_load()
+
+    @property
+    def scale(self) -> int:
+        """Upscaling factor."""
+        return self.info.scale
+
+    # Engines implement these two.
+    @abc.abstractmethod
+    def forward(self, blob: np.ndarray) -> np.ndarray:
+        """Run the network: NCHW float32 in, NCHW float32 out (C is 1 or 3)."""
+
+    @abc.abstractmethod
+    def widest_layer(self) -> Optional[float]:
+        """Elements of the largest layer output per input pixel (e.g. 256 for 256 filters), or None."""
+
+    # --- pipeline ---
+
+    def upscale(self, img: np.ndarray) -> np.ndarray:
+        """Upscale a whole image, tiled per the tile config; same dtype, ``scale`` x the size.
+
+        Raises ModelError when the network fails on this input.
+        """
+        check_image(img)
+        if self.tile_size is None:
+            return self._checked_upscale_whole(img)
+        return tiling.upscale_tiled(
+            img, self._checked_upscale_whole, self.scale, self.tile_size, self.tile_cfg.overlap
+        )
+
+    def upscale_whole(self, img: np.ndarray) -> np.ndarray:
+        """Upscale in one piece (one tile): pre-process, forward, post-process."""
+        if self.info.luma_only:
+            return self._upscale_luma(img)
+        return self._upscale_edsr(img)
+
+    def _upscale_luma(self, img: np.ndarray) -> np.ndarray:
+        if img.ndim == 2:
+            y_hr = blob_to_plane(self.forward(plane_to_blob(gray_to_unit(img))))
+            return unit_to_dtype(y_hr, img.dtype)
+        ycrcb = bgr_to_ycrcb(img)
+        y_hr = blob_to_plane(self.forward(plane_to_blob(ycrcb[..., 0])))
+        return ycrcb_to_bgr(merge_luma(y_hr, ycrcb), img.dtype)
+
+    def _upscale_edsr(self, img: np.ndarray) -> np.ndarray:
+        if img.ndim == 2:
+            # EDSR wants colour: run the grey as BGR and take its luma back.
+            bgr = self._upscale_edsr(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
+            return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        return edsr_blob_to_bgr(self.forward(bgr_to_edsr_blob(img)), img.dtype)
+
+    def _checked_upscale_whole(self, img: np.ndarray) -> np.ndarray:
+        """upscale_whole, with any failure turned into ModelError and the size checked."""
+        try:
+            out = self.upscale_whole(img)
+        except ModelError:
+            raise
+        except Exception as exc:  # cv2.error, RuntimeError from openvino/onnxruntime, MemoryError
+            raise ModelError(f"{self.name} engine failed on a {img.shape[1]}x{img.shape[0]} input: {exc}") from exc
+        expected = (img.shape[0] * self.scale, img.shape[1] * self.scale)
+        if out.shape[:2] != expected:
+            raise ModelError(f"model output is {out.shape[1]}x{out.shape[0]}, expected {expected[1]}x{expected[0]}")
+        return out
+
+    # --- load-time ---
+
+    def finish_load(self) -> None:
+        """Test forward (scale check) and tile size resolution; raise ModelLoadError on failure."""
+        self.check_scale()
+        self.tile_size = self.resolve_tile_size()
+
+    def check_scale(self) -> None:
+        """One small forward: the output must be exactly ``scale`` x the input, or ModelLoadError."""
+        h, w = PROBE_SHAPE
+        probe = np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        try:
+            out = self.upscale_whole(probe)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{self.info.path.name}: test forward with {self.name} failed "
+                f"(algorithm {self.info.algorithm}, scale {self.scale}; check model.algorithm / model.scale): {exc}"
+            ) from None
+        if out.shape[:2] != (h * self.scale, w * self.scale):
+            raise ModelLoadError(
+                f"{self.info.path.name}: a {w}x{h} test input came out {out.shape[1]}x{out.shape[0]}, "
+                f"not x{self.scale} (the model looks like x{out.shape[0] / h:g}); fix model.scale"
+            )
+
+    def resolve_tile_size(self) -> Optional[int]:
+        """Tile side in input pixels, or None for whole-image inference ('off')."""
+        size = self.tile_cfg.size
+        if size == "off":
+            return None
+        if isinstance(size, int):
+            return size
+        bytes_per_pixel = self.bytes_per_input_pixel()
+        tile = tiling.auto_tile_size(bytes_per_pixel, self.tile_cfg.max_memory_mb, self.tile_cfg.overlap)
+        log.debug(
+            "tile auto: %.0f bytes per input pixel, budget %d MB -> tile %d (+%d overlap)",
+            bytes_per_pixel, self.tile_cfg.max_memory_mb, tile, self.tile_cfg.overlap,
+        )
+        return tile
+
+    def bytes_per_input_pixel(self) -> float:
+        """Estimated peak memory of upscaling one tile, in bytes per input pixel of the tile.
+
+        ``4 x LIVE_TENSORS x widest + PIPELINE_BYTES_PER_OUTPUT_PIXEL x scale**2``, where
+        ``widest`` is the largest layer output in float32 elements per input pixel (256 for EDSR
+        32x256; 64 x 4 x 4 = 1024 for LapSRN_x8, whose widest level works at 4x the input size).
+        Checked against measured RSS growth: FSRCNN_x3 (widest 56) estimate 1776 B/px, measured
+        about 1300 B/px on cv2.dnn; EDSR 32x256 x3 estimate 6576 B/px, measured 4000-5000.
+        """
+        return 4.0 * LIVE_TENSORS * self.measured_widest + PIPELINE_BYTES_PER_OUTPUT_PIXEL * self.scale**2
+
+    @functools.cached_property
+    def measured_widest(self) -> float:
+        """widest_layer(), measured once (it reads the graph), or DEFAULT_WIDEST_LAYER."""
+        widest = self.widest_layer()
+        if widest is None:
+            log.warning("%s: cannot measure the widest layer; assuming %g", self.info.path.name, DEFAULT_WIDEST_LAYER)
+            return DEFAULT_WIDEST_LAYER
+        return widest
+
+
+def require_f32(model_cfg: ModelConfig, engine: str) -> None:
+    """ModelLoadError unless model.precision is f32 (only openvino offers bf16)."""
+    if model_cfg.precision != "f32":
+        raise ModelLoadError(f"model.precision: {model_cfg.precision} needs model.engine: openvino (not {engine})")
+
+
+def widest_layer_cv2(info: ModelInfo) -> Optional[float]:
+    """Largest layer output per input pixel, read from the graph with OpenCV's classic dnn engine.
+
+    The graph is run once on a 16x16 input asking for every layer's output (the classic engine
+    allows that; OpenCV 5's new engine does not). Winograd is switched off for this run: its
+    transformed 3x3 weights are 7x the model's size (1.4 GB peak instead of 0.5 GB for a
+    150 MB EDSR 32x256). None when OpenCV cannot read the graph.
+    """
+    side = 16
+    try:
+        if info.format == "pb":
+            cv2.dnn_superres.DnnSuperResImpl_create()  # registers the DepthToSpace layer ESPCN needs
+        classic = getattr(cv2.dnn, "ENGINE_CLASSIC", None)
+        if classic is None:  # OpenCV 4.x has only the classic engine
+            net = cv2.dnn.readNet(str(info.path))
+        elif info.format == "pb":
+            net = cv2.dnn.readNetFromTensorflow(str(info.path), "", classic)
+        else:
+            net = cv2.dnn.readNetFromONNX(str(info.path), classic)
+        if hasattr(net, "enableWinograd"):
+            net.enableWinograd(False)
+        channels = 1 if info.luma_only else 3
+        net.setInput(np.zeros((1, channels, side, side), np.float32))
+        names = list(net.getLayerNames())
+        widest = max((out.size for out in net.forward(names)), default=0)
+    except (cv2.error, AttributeError) as exc:
+        log.debug("widest layer of %s not measurable with cv2.dnn: %s", info.path.name, exc)
+        return None
+    finally:
+        net = None
+        release_freed_memory()
+    return widest / float(side * side) if widest else None
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    The graph read above frees about 0.3 GB for a 150 MB model, but glibc keeps it mapped: the
+    worker's RSS would stay that much higher for its whole life.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

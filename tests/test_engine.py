@@ -1,0 +1,246 @@
+"""Engines: model resolution, exact parity with cv2.dnn_superres, engine parity, load-time checks."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import UPSTREAM_MODELS, build_onnx_model, psnr, require, set5
+from srwatch.config import ModelConfig, TileConfig
+from srwatch.engine import load_engine, resolve_model
+from srwatch.engine.base import Engine
+from srwatch.engine.models import parse_model_name, read_onnx_metadata
+from srwatch.errors import ModelError, ModelLoadError
+
+OFF = TileConfig(size="off")
+
+
+@pytest.fixture(scope="module")
+def small_bgr() -> np.ndarray:
+    """A 40x32 crop of a real photo with edges and colour (fast on every model)."""
+    return np.ascontiguousarray(set5("butterfly")[96:128, 100:140])
+
+
+def upstream(models_dir: Path, name: str) -> Path:
+    return require(models_dir / name)
+
+
+def reference_upsample(path: Path, img: np.ndarray) -> np.ndarray:
+    """cv2.dnn_superres on its own, as its documentation shows it."""
+    algo, scale = parse_model_name(path)
+    sr = cv2.dnn_superres.DnnSuperResImpl_create()
+    sr.readModel(str(path))
+    sr.setModel(algo, scale)
+    return sr.upsample(img)
+
+
+# --- names and metadata -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("EDSR_x3.pb", ("edsr", 3)),
+        ("FSRCNN-small_x4.pb", ("fsrcnn", 4)),
+        ("LapSRN_x8.pb", ("lapsrn", 8)),
+        ("ESPCN_x2.pb", ("espcn", 2)),
+        ("EDSR-srwatch_x3.onnx", ("edsr", 3)),
+        ("my_model.onnx", (None, None)),
+        ("SRGAN_x4.pb", (None, 4)),
+    ],
+)
+def test_parse_model_name(name: str, expected: tuple) -> None:
+    assert parse_model_name(Path(name)) == expected
+
+
+def test_explicit_config_wins_over_name(models_dir: Path) -> None:
+    path = upstream(models_dir, "FSRCNN_x3.pb")
+    info = resolve_model(ModelConfig(path=path, algorithm="espcn", scale=2))
+    assert (info.algorithm, info.scale, info.format) == ("espcn", 2, "pb")
+
+
+def test_onnx_metadata_tells_algorithm_and_scale(tmp_path: Path) -> None:
+    path = build_onnx_model(tmp_path / "model.onnx", "y", 2, {"srwatch.algorithm": "fsrcnn", "srwatch.scale": "2"})
+    assert read_onnx_metadata(path)["srwatch.scale"] == "2"
+    info = resolve_model(ModelConfig(path=path))
+    assert (info.algorithm, info.scale, info.format) == ("fsrcnn", 2, "onnx")
+
+
+def test_unknown_algorithm_and_scale_name_the_config_keys(tmp_path: Path) -> None:
+    path = build_onnx_model(tmp_path / "model.onnx", "y", 2)
+    with pytest.raises(ModelLoadError, match="model.algorithm"):
+        resolve_model(ModelConfig(path=path))
+    with pytest.raises(ModelLoadError, match="model.scale"):
+        resolve_model(ModelConfig(path=path, algorithm="fsrcnn"))
+
+
+def test_unsupported_suffix_and_garbage_file(tmp_path: Path) -> None:
+    bad_suffix = tmp_path / "EDSR_x3.h5"
+    bad_suffix.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match=".pb"):
+        resolve_model(ModelConfig(path=bad_suffix))
+    garbage = tmp_path / "FSRCNN_x3.pb"
+    garbage.write_bytes(b"this is not a TensorFlow graph" * 10)
+    with pytest.raises(ModelLoadError, match="FSRCNN_x3.pb"):
+        load_engine(ModelConfig(path=garbage), OFF, 1)
+
+
+# --- exact parity with cv2.dnn_superres ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", UPSTREAM_MODELS)
+def test_opencv_engine_equals_dnn_superres(models_dir: Path, name: str, small_bgr: np.ndarray) -> None:
+    path = upstream(models_dir, name)
+    engine = load_engine(ModelConfig(path=path), OFF, 1)
+    expected = reference_upsample(path, small_bgr)
+    out = engine.upscale(small_bgr)
+    assert out.dtype == np.uint8 and out.shape == expected.shape
+    assert np.array_equal(out, expected)
+    # The named stages around a plain cv2.dnn forward (what .onnx files, 16-bit input and the
+    # other engines use) reproduce dnn_superres bit for bit as well.
+    staged = Engine.upscale_whole(engine, small_bgr)
+    assert np.array_equal(staged, expected)
+
+
+def test_grayscale_luma_model_equals_dnn_superres(models_dir: Path, small_bgr: np.ndarray) -> None:
+    path = upstream(models_dir, "ESPCN_x3.pb")
+    gray = cv2.cvtColor(small_bgr, cv2.COLOR_BGR2GRAY)
+    out = load_engine(ModelConfig(path=path), OFF, 1).upscale(gray)
+    assert out.shape == (gray.shape[0] * 3, gray.shape[1] * 3)
+    assert np.array_equal(out, reference_upsample(path, gray))
+
+
+def test_16bit_input_gives_16bit_output(models_dir: Path, small_bgr: np.ndarray) -> None:
+    engine = load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN_x2.pb")), OFF, 1)
+    out16 = engine.upscale(small_bgr.astype(np.uint16) * 257)
+    assert out16.dtype == np.uint16
+    out8 = engine.upscale(small_bgr)
+    # Same maths in float instead of 8 bits: only rounding differs.
+    assert psnr(out16, out8.astype(np.uint16) * 257) > 40.0
+
+
+# --- load-time checks ---------------------------------------------------------------------------
+
+
+def test_wrong_scale_is_a_load_error(models_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="model.scale"):
+        load_engine(ModelConfig(path=upstream(models_dir, "LapSRN_x8.pb"), scale=4), OFF, 1)
+    with pytest.raises(ModelLoadError, match="model.scale"):
+        load_engine(ModelConfig(path=upstream(models_dir, "ESPCN_x3.pb"), engine="openvino", scale=2), OFF, 1)
+
+
+def test_wrong_algorithm_is_a_load_error(models_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="test forward"):
+        load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN_x3.pb"), algorithm="edsr"), OFF, 1)
+
+
+def test_model_failure_on_an_input_is_a_model_error(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN_x2.pb")), OFF, 1)
+
+    def broken(img: np.ndarray) -> np.ndarray:
+        raise cv2.error("out of memory")
+
+    monkeypatch.setattr(engine, "upscale_whole", broken)
+    with pytest.raises(ModelError, match="out of memory"):
+        engine.upscale(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_unavailable_device_and_precision_are_load_errors(models_dir: Path) -> None:
+    path = upstream(models_dir, "FSRCNN_x2.pb")
+    if cv2.cuda.getCudaEnabledDeviceCount() == 0:
+        with pytest.raises(ModelLoadError, match="cuda"):
+            load_engine(ModelConfig(path=path, device="cuda"), OFF, 1)
+    with pytest.raises(ModelLoadError, match="openvino"):
+        load_engine(ModelConfig(path=path, precision="bf16"), OFF, 1)
+    with pytest.raises(ModelLoadError, match="convert it to ONNX"):
+        load_engine(ModelConfig(path=path, engine="onnxruntime"), OFF, 1)
+
+
+@pytest.mark.parametrize("engine, extra", [("openvino", "srwatch[openvino]"), ("onnxruntime", "srwatch[onnxruntime]")])
+def test_missing_runtime_package_is_a_clear_load_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str, extra: str
+) -> None:
+    path = build_onnx_model(tmp_path / "FSRCNN-test_x2.onnx", "y", 2)
+    monkeypatch.setitem(sys.modules, engine, None)  # makes `import <engine>` raise ImportError
+    with pytest.raises(ModelLoadError, match=extra.replace("[", r"\[").replace("]", r"\]")):
+        load_engine(ModelConfig(path=path, engine=engine), OFF, 1)
+
+
+# --- other engines against opencv ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", UPSTREAM_MODELS)
+def test_openvino_matches_opencv(models_dir: Path, name: str, small_bgr: np.ndarray) -> None:
+    pytest.importorskip("openvino")
+    path = upstream(models_dir, name)
+    reference = load_engine(ModelConfig(path=path), OFF, 1).upscale(small_bgr)
+    out = load_engine(ModelConfig(path=path, engine="openvino"), OFF, 2).upscale(small_bgr)
+    assert out.shape == reference.shape
+    assert psnr(out, reference) >= 45.0
+
+
+def test_openvino_bf16_is_an_option(models_dir: Path, small_bgr: np.ndarray) -> None:
+    pytest.importorskip("openvino")
+    path = upstream(models_dir, "FSRCNN_x3.pb")
+    reference = load_engine(ModelConfig(path=path), OFF, 1).upscale(small_bgr)
+    out = load_engine(ModelConfig(path=path, engine="openvino", precision="bf16"), OFF, 2).upscale(small_bgr)
+    assert psnr(out, reference) >= 45.0
+
+
+@pytest.mark.parametrize("kind, scale", [("y", 2), ("y", 4), ("edsr", 3)])
+def test_onnx_model_on_all_engines(tmp_path: Path, kind: str, scale: int, small_bgr: np.ndarray) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    algorithm = "fsrcnn" if kind == "y" else "edsr"
+    path = build_onnx_model(tmp_path / f"test-{kind}_x{scale}.onnx", kind, scale, {"srwatch.algorithm": algorithm})
+    outs = {
+        name: load_engine(ModelConfig(path=path, engine=name), OFF, 2).upscale(small_bgr)
+        for name in ("opencv", "openvino", "onnxruntime")
+    }
+    assert outs["opencv"].shape == (small_bgr.shape[0] * scale, small_bgr.shape[1] * scale, 3)
+    assert 5 < outs["opencv"].mean() < 250  # the random model's output is not all clipped
+    assert psnr(outs["openvino"], outs["opencv"]) >= 45.0
+    assert psnr(outs["onnxruntime"], outs["opencv"]) >= 45.0
+
+
+def test_exported_edsr_pb_and_onnx_agree(tmp_path: Path, small_bgr: np.ndarray) -> None:
+    """Our EDSR export: .pb through dnn_superres 'edsr' vs .onnx through our EDSR stages."""
+    torch = pytest.importorskip("torch")
+    export = pytest.importorskip("srwatch.train.export")
+    from srwatch.train.model import EDSR, EDSRSpec
+
+    torch.manual_seed(0)
+    pb, onnx_path = export.export_all(EDSR(EDSRSpec(scale=2, blocks=2, filters=8)), tmp_path, "EDSR-srwatch_x2")
+    engine = load_engine(ModelConfig(path=pb), OFF, 1)
+    reference = engine.upscale(small_bgr)
+    assert np.array_equal(reference, reference_upsample_edsr(pb, small_bgr))
+    assert np.array_equal(Engine.upscale_whole(engine, small_bgr), reference)  # our EDSR stages
+    for name in ("opencv", "openvino", "onnxruntime"):
+        out = load_engine(ModelConfig(path=onnx_path, engine=name), OFF, 2).upscale(small_bgr)
+        assert psnr(out, reference) >= 45.0, name
+
+
+def reference_upsample_edsr(path: Path, img: np.ndarray) -> np.ndarray:
+    sr = cv2.dnn_superres.DnnSuperResImpl_create()
+    sr.readModel(str(path))
+    sr.setModel("edsr", 2)
+    return sr.upsample(img)
+
+
+# --- tile 'auto' --------------------------------------------------------------------------------
+
+
+def test_auto_tile_size_follows_the_widest_layer(models_dir: Path) -> None:
+    tile = TileConfig(size="auto", max_memory_mb=64, overlap=8)
+    small = load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN-small_x3.pb")), tile, 1)
+    big = load_engine(ModelConfig(path=upstream(models_dir, "LapSRN_x8.pb")), tile, 1)
+    assert small.widest_layer() == pytest.approx(32.0)  # FSRCNN-small: 32 filters at input size
+    assert big.widest_layer() == pytest.approx(64.0 * 16)  # LapSRN: 64 filters at 4x4 the input size
+    assert big.tile_size is not None and small.tile_size is not None
+    assert big.tile_size < small.tile_size
+    # The window fits the budget by the documented estimate.
+    window = big.tile_size + 2 * tile.overlap
+    assert window * window * big.bytes_per_input_pixel() <= tile.max_memory_mb * 2**20
