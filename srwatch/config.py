@@ -234,10 +234,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     if isinstance(paths, dict):
         for key, value in paths.items():
             if isinstance(value, str) and key != "create_missing":
-                paths[key] = str(base / os.path.expanduser(value))
+                paths[key] = os.path.normpath(base / os.path.expanduser(value))
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("path"), str):
-        model["path"] = str(base / os.path.expanduser(model["path"]))
+        model["path"] = os.path.normpath(base / os.path.expanduser(model["path"]))
 
 
 def format_validation_error(exc: ValidationError) -> str:

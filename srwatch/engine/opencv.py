@@ -68,8 +68,9 @@ class OpenCVEngine(Engine):
                 self.superres = cv2.dnn_superres.DnnSuperResImpl_create()
                 self.superres.readModel(str(info.path))
                 self.superres.setModel(info.algorithm, info.scale)
-                self.superres.setPreferableBackend(self.backend)
-                self.superres.setPreferableTarget(self.target)
+                if device != "cpu":  # the CPU is the default; setting it makes OpenCV 5 warn
+                    self.superres.setPreferableBackend(self.backend)
+                    self.superres.setPreferableTarget(self.target)
             else:
                 self._net = self._read_net()
         except cv2.error as exc:
@@ -78,8 +79,10 @@ class OpenCVEngine(Engine):
     def _read_net(self) -> cv2.dnn.Net:
         """A plain cv2.dnn.Net of the model file, on the configured backend/target."""
         net = cv2.dnn.readNet(str(self.info.path))
-        net.setPreferableBackend(self.backend)
-        net.setPreferableTarget(self.target)
+        if (self.backend, self.target) != (cv2.dnn.DNN_BACKEND_OPENCV, cv2.dnn.DNN_TARGET_CPU):
+            # Only off the CPU: setting the default makes OpenCV 5's new engine warn on every load.
+            net.setPreferableBackend(self.backend)
+            net.setPreferableTarget(self.target)
         return net
 
     @property
