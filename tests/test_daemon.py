@@ -265,3 +265,41 @@ def test_a_burst_is_claimed_only_as_fast_as_the_queue_drains(layout: Layout) -> 
     assert_each_input_once(layout, [f"burst{i:03d}.png" for i in range(total)], [])
     # queue_size waiting + one in the worker; never the whole burst at once.
     assert peak <= 3 + 1, peak
+
+
+def test_systemd_notify_ready_status_watchdog_and_stopping(layout: Layout) -> None:
+    import socket
+
+    address = str(layout.root / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(0.2)
+    received: list[str] = []
+
+    def drain() -> str:
+        try:
+            while True:
+                received.append(sock.recv(4096).decode())
+        except (socket.timeout, BlockingIOError):
+            pass
+        return "\n".join(received)
+
+    config = write_config(layout)
+    daemon = DaemonProcess(config, layout.root / "daemon.log", env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
+    try:
+        daemon.start(wait_ready=False)
+        wait_for(lambda: "READY=1" in drain(), 120, what="READY=1")
+        ready_at = len(received)
+        # READY=1 comes only once every worker holds its model.
+        assert "srwatch ready" in daemon.log() and "2 worker(s)" in daemon.log()
+        wait_for(lambda: drain() and "WATCHDOG=1" in "\n".join(received[ready_at:]), 10, what="WATCHDOG=1 after READY")
+        make_image(layout.inbox / "n.png", 20, 20, seed=80)
+        wait_for(settled(layout, 1), 60, what="file")
+        wait_for(lambda: "1 done" in drain(), 10, what="STATUS with counts")
+        assert re.search(r"STATUS=\d+/2 workers busy, \d+ queued", "\n".join(received))
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+        assert "STOPPING=1" in drain()
+    finally:
+        daemon.stop()
+        sock.close()
