@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing as mp
-import os
 import signal
 import time
 from dataclasses import dataclass, field

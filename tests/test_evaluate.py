@@ -1,26 +1,16 @@
 """The evaluation protocol reproduces the published Set5 figures (../shared/README.md)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import require
 from srwatch import evaluate as ev
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 SET5 = SHARED_DIR / "datasets" / "Set5" / "HR"
-
-
-def require(path: Path) -> Path:
-    """``path`` if it exists; otherwise fail on CI and skip elsewhere."""
-    if not path.exists():
-        message = f"shared file missing: {path}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.mark.parametrize("name,expected", [("FSRCNN_x3.pb", (3, "fsrcnn")), ("FSRCNN-small_x2.pb", (2, "fsrcnn")),

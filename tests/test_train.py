@@ -1,7 +1,6 @@
 """Training smoke test, exact resume, export through the daemon's engine, and the shipped model."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -10,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the [train] extra (torch) is not installed")
 
+from conftest import require  # noqa: E402
 from srwatch.config import ModelConfig, TileConfig  # noqa: E402
 from srwatch.engine import load_engine  # noqa: E402
 from srwatch.evaluate import load_hr_lr, psnr, rgb_to_y, shave  # noqa: E402
@@ -20,19 +20,11 @@ SHARED = REPO.parent / "shared"
 SET5 = SHARED / "datasets" / "Set5" / "HR"
 
 
-def need(path: Path) -> Path:
-    if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"shared file missing: {path}")
-        pytest.skip(f"shared file missing: {path}")
-    return path
-
-
 def tiny_args(out: Path, *extra: str) -> list[str]:
     return [
         "--blocks", "2", "--filters", "8", "--steps", "12", "--batch", "4", "--patch", "16",
         "--warmup", "2", "--val-every", "12", "--ckpt-every", "4", "--zooms", "1.0",
-        "--train-dir", str(need(SET5)), "--val-dir", str(SET5), "--threads", "1", "--out", str(out), *extra,
+        "--train-dir", str(require(SET5)), "--val-dir", str(SET5), "--threads", "1", "--out", str(out), *extra,
     ]
 
 
@@ -74,7 +66,7 @@ def test_shipped_model_loads_in_both_formats_agrees_and_beats_bicubic(stem: Path
         pytest.skip(f"{stem.name} is not shipped")
     assert pb.stat().st_size <= 10 * 2**20 and onnx_path.stat().st_size <= 10 * 2**20
     scale = int(stem.name[-1])
-    hr, lr = load_hr_lr(need(SET5 / "butterfly.png"), scale)  # RGB
+    hr, lr = load_hr_lr(require(SET5 / "butterfly.png"), scale)  # RGB
     results = []
     for path in (pb, onnx_path):
         engine = load_engine(ModelConfig(path=path), TileConfig(size="off"), threads=2)
