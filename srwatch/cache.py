@@ -18,12 +18,12 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass
-from itertools import count
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+from .sink import write_temp
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ STALE_TMP_SECONDS = 3600.0
 
 ENTRY_SUFFIX = ".entry"
 TMP_SUFFIX = ".tmp"
-_counter = count()
 
 
 @dataclass(frozen=True)
@@ -204,13 +203,8 @@ def _parse_entry(raw: bytes) -> Optional[CachedResult]:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Exclusive temp name (time, pid, counter, host), write, fsync, rename into place."""
-    tmp = path.with_name(f".{path.name}.{time.time_ns()}.{os.getpid()}.{next(_counter)}.{socket.gethostname()}{TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    tmp = write_temp(path.parent, TMP_SUFFIX, data)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)

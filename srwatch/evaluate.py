@@ -33,12 +33,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .engine.models import DIV2K_MEAN_BGR  # EDSR files take and give BGR minus this mean
+
 #: Default Set5 location: ../shared next to the project checkout.
 DEFAULT_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "Set5" / "HR"
 
-#: BGR mean of DIV2K; the EDSR files take and give BGR minus this mean (0..255 range).
-#: Same values as srwatch.train.model.DIV2K_MEAN_BGR, repeated so this module needs no torch.
-DIV2K_MEAN_BGR = (103.1545782, 111.561547, 114.35629)
 
 #: Upstream dnn_superres file names: ``<ALGO>[-small]_x<scale>.pb``.
 _UPSTREAM_NAME = re.compile(r"^(?P<algo>[A-Za-z]+)(?:-[A-Za-z]+)?_x(?P<scale>\d+)$")

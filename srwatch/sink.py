@@ -51,9 +51,11 @@ def _temp_name(folder: Path, ext: str) -> Path:
     return folder / f"{TEMP_PREFIX}{unique}{ext}"
 
 
-def write_new(folder: Path, stem: str, ext: str, data: bytes) -> Path:
-    """Write `data` to a new file `folder/stem[-N]ext` atomically; never overwrite; return it."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_temp(folder: Path, ext: str, data: bytes) -> Path:
+    """Write `data` to a new hidden temp file in `folder` (exclusive create, fsync); return it.
+
+    The caller renames or links it into place; on failure nothing is left behind.
+    """
     tmp = _temp_name(folder, ext)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -61,6 +63,17 @@ def write_new(folder: Path, stem: str, ext: str, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_new(folder: Path, stem: str, ext: str, data: bytes) -> Path:
+    """Write `data` to a new file `folder/stem[-N]ext` atomically; never overwrite; return it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = write_temp(folder, ext, data)
+    try:
         final = _place(tmp, folder, stem, ext)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -155,9 +168,7 @@ def quarantine(
     )
     data = (json.dumps(asdict(record), indent=2) + "\n").encode()
     reason_path = final.with_name(final.name + ".error.json")
-    tmp = _temp_name(folder, ".json")
-    tmp.write_bytes(data)
-    os.replace(tmp, reason_path)
+    os.replace(write_temp(folder, ".json", data), reason_path)
     return final
 
 

@@ -26,13 +26,12 @@ import numpy as np
 from ..config import ModelConfig, TileConfig
 from ..errors import ModelError, ModelLoadError
 from .. import tiling
-from .models import ModelInfo
+from .models import DIV2K_MEAN_BGR, ModelInfo
 
 log = logging.getLogger(__name__)
 
-#: BGR mean of DIV2K that dnn_superres subtracts for ``edsr`` (0..255 units), digit for digit
-#: as in dnn_superres.cpp (srwatch.train.model has 114.35629: one float32 step lower).
-DIV2K_MEAN_BGR = np.array((103.1545782, 111.561547, 114.35629928), dtype=np.float32)
+#: The DIV2K mean (engine/models.py) as float32, for the EDSR stages below.
+DIV2K_MEAN = np.array(DIV2K_MEAN_BGR, dtype=np.float32)
 
 #: Input size of the load-time test forward (height, width): small, and not square so a
 #: swapped height/width shows up.
@@ -115,12 +114,12 @@ def bgr_to_edsr_blob(img: np.ndarray) -> np.ndarray:
     scaled = img.astype(np.float32)
     if img.dtype != np.uint8:
         scaled *= np.float32(255.0 / _MAX_VALUE[img.dtype])
-    return np.ascontiguousarray((scaled - DIV2K_MEAN_BGR).transpose(2, 0, 1)[None])
+    return np.ascontiguousarray((scaled - DIV2K_MEAN).transpose(2, 0, 1)[None])
 
 
 def edsr_blob_to_bgr(blob: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """(1, 3, H, W) model output -> BGR of ``dtype``: plus the mean, rounded, saturated."""
-    bgr = blob[0].transpose(1, 2, 0) + DIV2K_MEAN_BGR
+    bgr = blob[0].transpose(1, 2, 0) + DIV2K_MEAN
     if np.dtype(dtype) == np.uint8:
         return np.clip(np.rint(bgr), 0, 255).astype(np.uint8)
     return unit_to_dtype(bgr * np.float32(1.0 / 255.0), np.dtype(dtype))

@@ -22,6 +22,9 @@ ALGORITHMS: tuple[str, ...] = ("edsr", "espcn", "fsrcnn", "lapsrn")
 #: These run on the Y channel of YCrCb in 0..1; the chroma is resized classically.
 LUMA_ALGORITHMS: frozenset[str] = frozenset({"espcn", "fsrcnn", "lapsrn"})
 
+#: BGR mean of DIV2K, digit for digit as dnn_superres.cpp subtracts it for "edsr" (0..255).
+DIV2K_MEAN_BGR: tuple[float, float, float] = (103.1545782, 111.561547, 114.35629928)
+
 #: File suffix -> format name.
 FORMATS: dict[str, str] = {".pb": "pb", ".onnx": "onnx"}
 

@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-#: BGR mean of DIV2K, as cv2.dnn_superres subtracts it for algorithm "edsr".
-DIV2K_MEAN_BGR = (103.1545782, 111.561547, 114.35629)
+from ..engine.models import DIV2K_MEAN_BGR
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..evaluate import psnr, rgb_to_y, shave
 from .data import PatchSampler, build_pairs, list_images, load_rgb, make_pair
 from .model import EDSR, EDSRSpec, mean_tensor
 
@@ -101,18 +102,10 @@ def to_input(batch_u8: np.ndarray) -> torch.Tensor:
     return ((x - mean_tensor()) / 255.0).contiguous(memory_format=torch.channels_last)
 
 
-def y_channel(bgr: np.ndarray) -> np.ndarray:
-    """ITU-R BT.601 luma in 16..235, as MATLAB's rgb2ycbcr (the SR papers' protocol)."""
-    b, g, r = (bgr[..., i].astype(np.float64) for i in range(3))
-    return 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
-
-
 def psnr_y(out_bgr: np.ndarray, hr_bgr: np.ndarray, border: int) -> float:
-    """Y-channel PSNR with `border` pixels cropped on every side."""
-    a = y_channel(out_bgr)[border:-border, border:-border]
-    b = y_channel(hr_bgr)[border:-border, border:-border]
-    mse = float(np.mean((a - b) ** 2))
-    return 10 * math.log10(255.0**2 / max(mse, 1e-12))
+    """Y-channel PSNR with `border` pixels cropped, by the `srwatch eval` protocol."""
+    y_out = shave(rgb_to_y(out_bgr[..., ::-1]), border)
+    return psnr(y_out, shave(rgb_to_y(hr_bgr[..., ::-1]), border))
 
 
 @torch.no_grad()
