@@ -252,13 +252,20 @@ class Daemon:
         if isinstance(msg, Done):
             self.counters.done += 1
             extra = f", {' ; '.join(msg.notes)}" if msg.notes else ""
-            log.info(
-                "done %s -> %s (%dx%d -> %dx%d, %.2f s%s%s)", rel, msg.output, *msg.input_size, *msg.output_size,
-                msg.seconds, ", cached" if msg.cached else "", extra,
-            )
+            if msg.input_size == (0, 0):  # the result was delivered before a restart
+                log.info("done %s -> %s (delivered by an earlier run; original now archived)", rel, msg.output)
+            else:
+                log.info(
+                    "done %s -> %s (%dx%d -> %dx%d, %.2f s%s%s)", rel, msg.output, *msg.input_size,
+                    *msg.output_size, msg.seconds, ", cached" if msg.cached else "", extra,
+                )
         else:
             self.counters.quarantined += 1
             log.warning("quarantined %s: %s: %s", rel, msg.reason, msg.message)
+        self._after_job(worker)
+
+    def _after_job(self, worker: Worker) -> None:
+        """Progress, and recycle a worker that has done its share (or is retiring)."""
         if self._bar is not None:
             self._bar.update(1)
         limit = self.cfg.pool.max_jobs_per_worker
