@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run once test venv test-venv clean
+.PHONY: run once test venv test-venv system-test-deps soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,29 @@ $(VENV)/.test: pyproject.toml $(VENV)/.runtime
 	$(BIN)/pip install --quiet -e '.[openvino,onnxruntime,train,test]'
 	touch $@
 
+# Benchmarks (benchmarks/soak.py draws its curves with matplotlib).
+$(VENV)/.bench: pyproject.toml $(VENV)/.runtime
+	$(BIN)/pip install --quiet -e '.[openvino,onnxruntime,bench]'
+	touch $@
+
 venv: $(VENV)/.runtime
 test-venv: $(VENV)/.test
+
+# tests/test_systemd_unit.py runs systemd-analyze (package systemd) on the unit, whose ExecReload
+# needs /bin/kill (package procps). A fresh Debian/Ubuntu machine (CI) may lack both: install
+# what is missing with apt-get (as root, or through sudo). Where that cannot be done the test
+# skips, or fails under CI=true.
+system-test-deps:
+	@missing=""; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	[ -x /bin/kill ] || missing="$$missing procps"; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
+	  echo "installing$$missing for tests/test_systemd_unit.py (apt-get)"; \
+	  if command -v apt-get >/dev/null 2>&1 && $$sudo apt-get update -qq && \
+	     $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  then :; else echo "warning: could not install$$missing; tests/test_systemd_unit.py will skip (fail under CI=true)"; fi; \
+	fi
 
 run: $(VENV)/.runtime
 	mkdir -p var/inbox
@@ -33,8 +54,12 @@ once: $(VENV)/.runtime
 	mkdir -p var/inbox
 	$(BIN)/srwatch once -c config/srwatch.yaml
 
-test: $(VENV)/.test
+test: $(VENV)/.test system-test-deps
 	$(BIN)/python -m pytest -q -rs
+
+# The 30-minute soak (benchmarks/README.md, "Soak"); e.g. make soak SOAK_ARGS="--minutes 5".
+soak: $(VENV)/.bench
+	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) var
