@@ -2,39 +2,61 @@
 
 Layout of the work folder (same filesystem as the inbox, so the claim is one rename):
 
-    work/<job id>/job.json     what the job is (original relative path, attempts, ...)
-    work/<job id>/f/<rel path> the claimed file itself
+    work/.srwatch-work             tag: this folder is srwatch's (it deletes only what it made)
+    work/.srwatch.lock             one daemon per work folder (flock)
+    work/job-<id>/job.json         what the job is; written by the supervisor only
+    work/job-<id>/f/<rel path>     the claimed file itself
+    work/job-<id>/delivered.json   written by whoever delivered the output (then only archiving is left)
+    work/job-<id>/quarantine.json  the quarantine in progress: reason, target names
 
+One writer per file: the supervisor owns job.json (attempts); the process holding the job
+(a worker, or the supervisor after that worker died) writes the markers, atomically, with fsync.
 A job folder left behind by a crash or a kill is a job to take again at the next start.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import logging
 import os
+import re
 import shutil
+import socket
+import stat
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from .sink import utc_now
+from . import safefs
+from .errors import ConfigError, StorageError
 
 JOB_RECORD = "job.json"
+DELIVERED = "delivered.json"
+QUARANTINE_INTENT = "quarantine.json"
 FILES_DIR = "f"
+JOB_PREFIX = "job-"
+WORK_TAG = ".srwatch-work"
+LOCK_NAME = ".srwatch.lock"
+#: Job folders of srwatch 0.x before the tag existed (adopted, then tagged).
+_LEGACY_JOB = re.compile(r"\d{8}T\d{6}-\d{9}-\d+-\d+\Z")
+log = logging.getLogger("srwatch.claim")
 _ids = itertools.count()
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
 @dataclass(frozen=True)
 class Job:
-    """One claimed input file."""
+    """One claimed inbox entry."""
 
     id: str
     rel: str  # path relative to the inbox, with '/' separators
     job_dir: Path
     claimed_at: str
     attempts: int = 0  # dispatches so far (a dispatch that ended in a worker crash counts)
-    delivered: Optional[str] = None  # output already in the outbox (crash between deliver and archive)
+    kind: str = "file"  # what the entry was when claimed: file | link | other (never opened unless file)
+    size: Optional[int] = None  # in bytes, when it settled: the worker reads no more than this
 
     @property
     def path(self) -> Path:
@@ -44,57 +66,202 @@ class Job:
     @property
     def name(self) -> str:
         """The file's name."""
-        return Path(self.rel).name
+        return self.rel.rsplit("/", 1)[-1]
+
+    @property
+    def rel_parts(self) -> tuple[str, ...]:
+        """The sub-folders of the inbox it came from (empty at the top)."""
+        return tuple(self.rel.split("/")[:-1])
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An inbox entry that settled, as it was then: claimed only if it is still the same."""
+
+    path: Path
+    kind: str  # file | link | other
+    ino: int
+    size: int
+    mtime_ns: int
+
+
+class Changed(Exception):
+    """The entry is no longer what settled (rewritten in place, replaced): settle it again."""
 
 
 def new_job_id() -> str:
-    """Sortable and unique among processes: time, pid, counter."""
-    return f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}-{os.getpid()}-{next(_ids)}"
+    """Sortable, unique among processes and hosts sharing an inbox: time, host, pid, counter."""
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}-{HOST_TAG}-{os.getpid()}-{next(_ids)}"
 
 
-def write_record(job: Job) -> None:
-    """Persist the job record atomically (temp name, then replace)."""
-    data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(job).items()}
-    tmp = job.job_dir / (JOB_RECORD + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, job.job_dir / JOB_RECORD)
+def utc_now() -> str:
+    """ISO 8601 timestamp in UTC."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def claim(src: Path, inbox: Path, work: Path) -> Optional[Job]:
-    """Move `src` from the inbox into a new job folder; None if it vanished meanwhile.
+def entry_kind(mode: int) -> str:
+    """file | link | other, from an lstat mode."""
+    if stat.S_ISLNK(mode):
+        return "link"
+    return "file" if stat.S_ISREG(mode) else "other"
+
+
+# -- the work folder ------------------------------------------------------------------------------
+def prepare_work_folder(work: Path, tag: bool = True) -> None:
+    """Make sure `work` is srwatch's: tag it when empty (or legacy), refuse it when it holds anything else.
+
+    srwatch deletes only what it created; a mistyped paths.work pointing at user data must
+    not be cleaned up, so such a folder stops the start with a ConfigError (exit 2).
+    """
+    entries = sorted(os.listdir(work))
+    tagged = WORK_TAG in entries
+    foreign = [e for e in entries if not _ours(work, e, tagged)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"paths.work: {work} holds entries srwatch did not create ({shown}); srwatch deletes only "
+            "what it made, so it will not use this folder. Point paths.work at an empty folder, or move those entries away."
+        )
+    if tag and not tagged:
+        fd = os.open(work / WORK_TAG, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        os.write(fd, b"This folder is srwatch's work folder: claimed files wait here. Do not put anything else here.\n")
+        os.fsync(fd)
+        os.close(fd)
+
+
+def _ours(work: Path, name: str, tagged: bool) -> bool:
+    if name in (WORK_TAG, LOCK_NAME):
+        return True
+    path = work / name
+    if path.is_symlink() or not path.is_dir():
+        return False
+    if name.startswith(JOB_PREFIX):
+        return tagged
+    return bool(_LEGACY_JOB.match(name)) and _load_record(path) is not None
+
+
+# -- claiming -------------------------------------------------------------------------------------
+def claim(cand: Candidate, inbox: Path, work: Path) -> Optional[Job]:
+    """Move the entry from the inbox into a new job folder; None if it vanished meanwhile.
 
     The rename is the claim: only one process can win it, so a file is never taken twice.
+    The job record is written before the rename, so every job folder that holds a file has
+    its record. Raises Changed if the entry is not the one that settled, StorageError when
+    the work folder cannot take the job (the file then stays in the inbox).
     """
-    rel = src.relative_to(inbox).as_posix()
-    job_id = new_job_id()
-    job = Job(id=job_id, rel=rel, job_dir=work / job_id, claimed_at=utc_now())
-    job.path.parent.mkdir(parents=True)
+    rel = cand.path.relative_to(inbox)
+    parts = rel.parts
     try:
-        os.rename(src, job.path)
+        with safefs.opened_dir(inbox, parts[:-1], create=False, where="paths.inbox") as src_fd:
+            try:
+                st = os.stat(parts[-1], dir_fd=src_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            kind = entry_kind(st.st_mode)
+            if (kind, st.st_ino) != (cand.kind, cand.ino) or (
+                kind == "file" and (st.st_size, st.st_mtime_ns) != (cand.size, cand.mtime_ns)
+            ):
+                raise Changed(str(cand.path))
+            job_id = new_job_id()
+            job = Job(
+                id=job_id, rel=rel.as_posix(), job_dir=work / (JOB_PREFIX + job_id),
+                claimed_at=utc_now(), kind=kind, size=st.st_size if kind == "file" else None,
+            )
+            return _move_in(job, src_fd, parts[-1])
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # a folder on the way vanished
+    except safefs.UnsafePath:
+        return None  # a folder on the way became a link: the link itself is an entry of its own
+
+
+def _move_in(job: Job, src_fd: int, name: str) -> Optional[Job]:
+    try:
+        job.job_dir.mkdir()
+        write_record(job)
+        job.path.parent.mkdir(parents=True)
+        with safefs.opened_dir(job.path.parent) as dst_fd:
+            os.rename(name, job.name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
     except FileNotFoundError:
         shutil.rmtree(job.job_dir, ignore_errors=True)
         return None
-    write_record(job)
+    except OSError as exc:
+        shutil.rmtree(job.job_dir, ignore_errors=True)
+        # Whatever stops a claim (full, read-only, ...) is the work folder's problem, never the
+        # file's: it stays in the inbox and claiming pauses.
+        raise StorageError(f"cannot claim into {job.job_dir.parent}: {exc.strerror or exc}", exc.errno) from None
     return job
 
 
-def with_attempt(job: Job) -> Job:
-    """The job with one more attempt, persisted (so a crash loop is bounded across restarts)."""
-    return with_attempts(job, job.attempts + 1)
+# -- records --------------------------------------------------------------------------------------
+def _write_json(folder: Path, name: str, data: dict[str, Any]) -> None:
+    """Atomically (temp, fsync, rename, fsync folder) write one of our own job files."""
+    body = (json.dumps(data, indent=1) + "\n").encode()
+    tmp = f".{name}.{os.getpid()}.tmp"
+    with safefs.opened_dir(folder) as fd:
+        safefs.unlink_if_exists(fd, tmp)
+        safefs.write_exclusive(fd, tmp, body)
+        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        safefs.fsync_dir(fd)
 
 
-def with_attempts(job: Job, attempts: int) -> Job:
-    """The job with its attempt count set, persisted."""
+def _read_json(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_record(job: Job) -> None:
+    """Persist the job record (the supervisor's file)."""
+    data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(job).items()}
+    _write_json(job.job_dir, JOB_RECORD, data)
+
+
+def set_attempts(job: Job, attempts: int) -> Job:
+    """The job with its attempt count set and persisted (a crash loop stays bounded across restarts).
+
+    A job folder that is already gone (the job finished meanwhile) is left alone.
+    """
     job = replace(job, attempts=max(0, attempts))
-    write_record(job)
+    if job.job_dir.is_dir():
+        try:
+            write_record(job)
+        except FileNotFoundError:
+            pass
     return job
 
 
-def with_delivery(job: Job, output: Path) -> Job:
-    """Record that the output is in the outbox, so a retry only archives the original."""
-    job = replace(job, delivered=str(output))
-    write_record(job)
-    return job
+def mark_delivered(job: Job, output: Path) -> None:
+    """Record that the output is in the outbox, so any later attempt only archives the original."""
+    _write_json(job.job_dir, DELIVERED, {"output": str(output), "at": utc_now()})
+
+
+def delivered(job: Job) -> Optional[Path]:
+    """The output already delivered for this job, if any."""
+    data = _read_json(job.job_dir / DELIVERED)
+    return Path(data["output"]) if data and isinstance(data.get("output"), str) else None
+
+
+def write_quarantine_intent(job: Job, intent: dict[str, Any]) -> None:
+    """Record the quarantine in progress (reason and target names) before moving anything."""
+    _write_json(job.job_dir, QUARANTINE_INTENT, intent)
+
+
+def quarantine_intent(job: Job) -> Optional[dict[str, Any]]:
+    """The quarantine in progress for this job, if one was started."""
+    return _read_json(job.job_dir / QUARANTINE_INTENT)
+
+
+def holds_file(job: Job) -> bool:
+    """True while the claimed entry is still in the job folder (link or not)."""
+    try:
+        os.lstat(job.path)
+        return True
+    except OSError:
+        return False
 
 
 def release(job: Job) -> None:
@@ -102,42 +269,44 @@ def release(job: Job) -> None:
     shutil.rmtree(job.job_dir, ignore_errors=True)
 
 
+# -- recovery -------------------------------------------------------------------------------------
 def recover(work: Path) -> list[Job]:
     """Jobs left in the work folder by an earlier run, oldest first.
 
-    A job folder without a readable record (killed between the rename and the record write)
-    is rebuilt from the file it holds; an empty one is removed.
+    Only folders prepare_work_folder() accepted as srwatch's are looked at. A job folder
+    without a readable record was made by a claim killed before its rename: it holds no
+    file and is removed.
     """
     jobs: list[Job] = []
-    if not work.is_dir():
-        return jobs
-    for job_dir in sorted(p for p in work.iterdir() if p.is_dir()):
+    for name in sorted(os.listdir(work)):
+        job_dir = work / name
+        if name in (WORK_TAG, LOCK_NAME) or not job_dir.is_dir() or job_dir.is_symlink():
+            continue
         job = _load_record(job_dir)
         if job is None:
-            job = _rebuild(job_dir)
-        if job is None or not job.path.is_file():
-            shutil.rmtree(job_dir, ignore_errors=True)
+            if _holds_entries(job_dir / FILES_DIR):
+                log.error("job folder %s has a file but no readable %s; left as it is", job_dir, JOB_RECORD)
+            else:
+                shutil.rmtree(job_dir, ignore_errors=True)
             continue
         jobs.append(job)
     return jobs
 
 
+def _holds_entries(folder: Path) -> bool:
+    """True if anything but folders is below `folder`."""
+    return folder.is_dir() and any(not p.is_dir() or p.is_symlink() for p in folder.rglob("*"))
+
+
 def _load_record(job_dir: Path) -> Optional[Job]:
+    data = _read_json(job_dir / JOB_RECORD)
+    if data is None:
+        return None
     try:
-        data = json.loads((job_dir / JOB_RECORD).read_text())
         return Job(
-            id=data["id"], rel=data["rel"], job_dir=job_dir, claimed_at=data["claimed_at"],
-            attempts=int(data.get("attempts", 0)), delivered=data.get("delivered"),
+            id=str(data["id"]), rel=str(data["rel"]), job_dir=job_dir, claimed_at=str(data["claimed_at"]),
+            attempts=int(data.get("attempts", 0)), kind=str(data.get("kind", "file")),
+            size=int(data["size"]) if data.get("size") is not None else None,
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return None
-
-
-def _rebuild(job_dir: Path) -> Optional[Job]:
-    files = [p for p in (job_dir / FILES_DIR).rglob("*") if p.is_file()]
-    if len(files) != 1:
-        return None
-    rel = files[0].relative_to(job_dir / FILES_DIR).as_posix()
-    job = Job(id=job_dir.name, rel=rel, job_dir=job_dir, claimed_at=utc_now())
-    write_record(job)
-    return job

@@ -145,7 +145,6 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     """`srwatch upscale IN OUT`: one image, same pipeline as the daemon's workers."""
     from .config import load_config, parse_config
     from .process import Processor
-    from .sink import TEMP_PREFIX
 
     if args.config:
         base = load_config(args.config).model_dump(exclude={"source"})
@@ -167,14 +166,27 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         raise ConfigError(f"input: no such file: {args.input}")
     rendered = Processor(cfg, threads).process(args.input)
     out = args.output
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{TEMP_PREFIX}{os.getpid()}-{out.name}")
-    tmp.write_bytes(rendered.data)
-    os.replace(tmp, out)
+    _write_output(out, rendered.data)
     for note in rendered.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"{args.input} ({rendered.input_size[0]}x{rendered.input_size[1]}) -> {out} ({rendered.output_size[0]}x{rendered.output_size[1]})")
     return EXIT_OK
+
+
+def _write_output(out: Path, data: bytes) -> None:
+    """Write `out` through an exclusive hidden temp file and a link: never through a link, never over a file."""
+    from . import safefs
+    from .sink import write_temp_in
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with safefs.opened_dir(out.parent) as fd:
+        tmp = write_temp_in(fd, out.suffix, data)
+        try:
+            placed = safefs.place(fd, tmp, fd, [out.name])
+        finally:
+            safefs.unlink_if_exists(fd, tmp)
+    if placed is None:
+        raise SrwatchError(f"{out} exists; srwatch never replaces a file (remove it or choose another name)")
 
 
 def _format_for(path: Path) -> str:

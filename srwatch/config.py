@@ -5,6 +5,7 @@ folder of the config file, so a config can be moved together with its folders.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -14,8 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
+log = logging.getLogger("srwatch.config")
+
 #: Names that a writer uses while a file is still being written; ignored until renamed.
 DEFAULT_IGNORE = [".*", "*.part", "*.tmp", "*.crdownload", "*.swp", "*~", "*.filepart", "*.partial"]
+
+
+MIN_SETTLE_SECONDS = 0.5  # in seconds
 
 
 class _Section(BaseModel):
@@ -73,7 +79,9 @@ class WatchConfig(_Section):
     polling: bool = False  # PollingObserver, for NFS/SMB where inotify sees nothing
     poll_interval: float = Field(default=2.0, gt=0)  # in seconds, for polling
     recursive: bool = False
-    settle_seconds: float = Field(default=2.0, ge=0)  # size and mtime unchanged this long = complete
+    # Size and mtime unchanged this long = complete. The floor keeps a file that is still
+    # being written (a writer pausing between chunks) from being taken.
+    settle_seconds: float = Field(default=2.0, ge=MIN_SETTLE_SECONDS)
     rescan_interval: float = Field(default=60.0, ge=0)  # in seconds; 0 = no periodic rescan
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
 
@@ -87,6 +95,22 @@ class OutputConfig(_Section):
     webp_quality: int = Field(default=95, ge=1, le=101)  # 101 = lossless
     png_compression: int = Field(default=3, ge=0, le=9)
     keep_metadata: bool = True  # ICC profile and EXIF, where the format allows
+    # Permission bits of result files, e.g. "0640"; default: 0666 less the process umask.
+    mode: Optional[int] = None
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode_ok(cls, value: Any) -> Optional[int]:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                value = int(value, 8)
+            except ValueError:
+                raise ValueError(f"must be an octal mode such as \"0640\", not {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+            raise ValueError("must be an octal mode between \"0000\" and \"0777\" (quote it in YAML)")
+        return value
 
     @field_validator("suffix")
     @classmethod
@@ -120,6 +144,9 @@ class LimitsConfig(_Section):
 
     max_pixels: int = Field(default=40_000_000, ge=1)  # input width*height, read from the header
     max_file_mb: float = Field(default=1024.0, gt=0)  # input size on disk
+    # Output width*height (after preshrink and scale), checked from the header before decoding.
+    # The default keeps one worker near 2 GB for 8-bit RGB (config/srwatch.yaml says why).
+    max_output_pixels: int = Field(default=150_000_000, ge=1)
 
 
 class PreshrinkConfig(_Section):
@@ -214,18 +241,32 @@ def folder_map(cfg: Config) -> dict[str, Path]:
 
 
 def check_folder_layout(folders: dict[str, Path]) -> None:
-    """No folder may equal or contain another: outbox inside inbox would feed itself."""
-    resolved = {key: Path(os.path.abspath(path)) for key, path in folders.items()}
+    """No folder may equal or contain another: outbox inside inbox would feed itself.
+
+    Compared by real path (symlinks resolved) and, for folders that exist, by device and
+    inode, so an outbox that is a link to the inbox (or a bind mount of it) is refused.
+    """
+    resolved = {key: Path(os.path.realpath(path)) for key, path in folders.items()}
+    identity = {key: _identity(path) for key, path in resolved.items()}
     keys = list(resolved)
     for i, a in enumerate(keys):
         for b in keys[i + 1 :]:
             pa, pb = resolved[a], resolved[b]
-            if pa == pb:
-                raise ValueError(f"{a} and {b} are the same folder ({pa})")
+            if pa == pb or (identity[a] is not None and identity[a] == identity[b]):
+                shown = f"{pa}" if pa == pb else f"{folders[a]} and {folders[b]} are one folder"
+                raise ValueError(f"{a} and {b} are the same folder ({shown})")
             if pb.is_relative_to(pa):
                 raise ValueError(f"{b} ({pb}) is inside {a} ({pa})")
             if pa.is_relative_to(pb):
                 raise ValueError(f"{a} ({pa}) is inside {b} ({pb})")
+
+
+def _identity(path: Path) -> Optional[tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
@@ -323,13 +364,20 @@ def prepare_folders(cfg: Config, create: bool = True) -> None:
                 raise ConfigError(f"{key}: cannot create {folder}: {exc.strerror}") from None
     for key, folder in folder_map(cfg).items():
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-            raise ConfigError(f"{key}: folder is not writable: {folder}")
+            if not create or key in ("paths.inbox", "paths.work"):
+                raise ConfigError(f"{key}: folder is not writable: {folder}")
+            # Maybe a read-only remount that will be undone: srwatch starts and pauses that step.
+            log.warning("%s: folder is not writable now: %s (files wait claimed until it is)", key, folder)
     # Claiming is an atomic rename, which only works within one filesystem.
     work = cfg.work_dir if cfg.work_dir.exists() else next(p for p in cfg.work_dir.parents if p.exists())
     if os.stat(inbox).st_dev != os.stat(work).st_dev:
         raise ConfigError(
             f"paths.work: {cfg.work_dir} must be on the same filesystem as paths.inbox ({inbox})"
         )
+    if cfg.work_dir.is_dir():
+        from .claim import prepare_work_folder
+
+        prepare_work_folder(cfg.work_dir, tag=create)
 
 
 def check_model_file(cfg: Config) -> None:

@@ -1,7 +1,9 @@
 """The supervisor: watcher -> claim -> bounded queue -> worker pool -> sink, with signals.
 
 Reads top to bottom like rq's worker: `run()` = bootstrap, a loop of small named steps
-(take signals, watch, claim, dispatch, collect, heartbeat), teardown in `finally`.
+(take signals, watch, claim, dispatch, collect, heartbeat), teardown in `finally`. Signal
+handlers only set flags (gunicorn's rule); a starting generation of workers is a state of
+the loop, never a wait, so a stop is handled within one tick even while models load.
 """
 from __future__ import annotations
 
@@ -12,25 +14,26 @@ import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import claim
+from . import claim, sink
 from .claim import Job
 from .config import Config, check_model_file, load_config, prepare_folders
-from .errors import ConfigError
+from .errors import ConfigError, JobError, LinkRefused, NotAFile, StorageError
+from .messages import Deferred, Done, Failed, Gone, LoadFailed, Ready
 from .notify import Notifier
-from .pool import Done, Failed, LoadFailed, Pool, Ready, Worker, describe_exit, pool_size, quarantine_job
-from .watcher import InboxWatcher, ReadyQueue
+from .policy import Backoff, JobPolicy, Quarantine, Retry
+from .pool import Event, Pool, Worker, WorkerState, describe_exit
+from .watcher import InboxWatcher
 
 log = logging.getLogger("srwatch.daemon")
 
 TICK = 0.1  # in seconds: longest wait in the main loop
-STARTUP_TIMEOUT = 300.0  # in seconds: for workers to load their model
+STARTUP_TIMEOUT = 300.0  # in seconds: for a generation of workers to load their model
 RESPAWN_BACKOFF_MAX = 30.0  # in seconds, between restarts of a worker that keeps dying at once
 STATUS_EVERY = 2.0  # in seconds, between STATUS= updates to systemd
-LOCK_NAME = ".srwatch.lock"
 
 
 @dataclass
@@ -42,6 +45,17 @@ class Counters:
     crashed: int = 0
 
 
+@dataclass
+class Generation:
+    """Workers started together for one config; they serve once every one of them holds its model."""
+
+    number: int
+    cfg: Config
+    deadline: float  # monotonic
+    workers: list[Worker] = field(default_factory=list)
+    reload: bool = False  # started by SIGHUP (a failure keeps the running workers)
+
+
 class Daemon:
     """One running srwatch: folders, watcher, pool and their bookkeeping."""
 
@@ -49,12 +63,18 @@ class Daemon:
         self.cfg = cfg
         self.once = once
         self.progress = progress
-        self.pool = Pool(cfg)
+        self.pool = Pool()
+        self.policy = JobPolicy(cfg.pool.max_attempts, cfg.pool.job_timeout)
         self.watcher: Optional[InboxWatcher] = None
-        self.ready = ReadyQueue()  # inbox paths that are complete, not yet claimed
         self.queue: deque[Job] = deque()  # claimed jobs waiting for a worker (bounded)
+        self.doomed: dict[str, JobError] = {}  # job id -> why it goes to quarantine without a worker
         self.notifier = Notifier()
         self.counters = Counters()
+        self.claim_pause = Backoff()  # the work folder cannot take a claim
+        self.sink_pause = Backoff()  # outbox, archive or quarantine cannot take a write
+        self.active = 0  # the generation that serves jobs (0: none yet)
+        self.starting: Optional[Generation] = None
+        self.announced = False  # READY=1 sent
         self.stopping = False
         self.force_stop = False
         self.reload_requested = False
@@ -67,12 +87,12 @@ class Daemon:
 
     # -- bootstrap -----------------------------------------------------------------------
     def bootstrap(self) -> None:
-        """Folders, lock, workers (ready = holding their model), recovered jobs, the watcher."""
+        """Folders, lock, recovered jobs, the watcher; the first generation of workers starts loading."""
         check_model_file(self.cfg)  # before creating anything: a bad config changes nothing
         prepare_folders(self.cfg)
         self._take_lock()
-        self._start_workers(self.cfg)
         self._recover()
+        self.starting = self._start_generation(self.cfg, reload=False)
         self.watcher = InboxWatcher(self.cfg.paths.inbox, self.cfg.watch, exclude=self._own_folders())
         if self.once:
             self.watcher.rescan()
@@ -80,21 +100,14 @@ class Daemon:
             self.watcher.start()
         if self.progress:
             self._open_progress()
-        workers, threads = self.cfg.worker_layout()
-        log.info(
-            "srwatch ready: watching %s (%s), %d worker(s) x %d thread(s), model %s",
-            self.cfg.paths.inbox, "polling" if self.cfg.watch.polling else "inotify", workers, threads,
-            self.cfg.model.path.name,
-        )
-        self.notifier.ready(self.status_line())
 
     def _own_folders(self) -> list[Path]:
         return [self.cfg.paths.outbox, self.cfg.paths.quarantine, self.cfg.paths.archive, self.cfg.work_dir]
 
     def _take_lock(self) -> None:
         """One daemon per work folder: two would process the same claimed files."""
-        path = self.cfg.work_dir / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.cfg.work_dir / claim.LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -104,41 +117,28 @@ class Daemon:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
-    def _start_workers(self, cfg: Config) -> None:
-        """Start a full generation of workers and wait until each holds its model."""
-        self.pool.generation += 1
-        fresh = [self.pool.spawn(cfg) for _ in range(pool_size(cfg))]
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not all(w.ready for w in fresh):
-            if time.monotonic() > deadline:
-                self._abort_generation(fresh)
-                raise ConfigError(f"model.path: workers did not load {cfg.model.path} within {STARTUP_TIMEOUT:.0f} s")
-            self._heartbeat()  # on reload the old workers keep serving meanwhile
-            for worker, msg in self.pool.wait(TICK):
-                if worker in fresh:
-                    if isinstance(msg, LoadFailed) or msg is None:
-                        self._abort_generation(fresh)
-                        why = msg.message if isinstance(msg, LoadFailed) else describe_exit(worker.process.exitcode)
-                        raise ConfigError(f"model.path: {why}")
-                    if isinstance(msg, Ready):
-                        worker.ready = True
-                else:
-                    self._handle(worker, msg)
-
-    def _abort_generation(self, workers: list[Worker]) -> None:
-        for w in workers:
-            self.pool.kill(w)
-            w.process.join(timeout=5)
-            self.pool.remove(w)
-
     def _recover(self) -> None:
         """Jobs left claimed by an earlier run go first; a file that keeps killing us is quarantined."""
-        for job in claim.recover(self.cfg.work_dir):
-            if job.attempts >= self.cfg.pool.max_attempts:
-                self._quarantine_crashed(job, "the daemon or its worker stopped while processing this file")
+        jobs = claim.recover(self.cfg.work_dir)
+        swept = sink.sweep_temps(
+            [self.cfg.paths.outbox, self.cfg.paths.archive, self.cfg.paths.quarantine], {j.id for j in jobs}
+        )
+        if swept:
+            log.info("removed %d temp file(s) left by an earlier run", swept)
+        for job in jobs:
+            decision = self.policy.after_restart(job)
+            if isinstance(decision, Quarantine):
+                self.doomed[job.id] = decision.error
             else:
                 log.info("taking %s again (claimed by an earlier run)", job.rel)
-                self.queue.append(job)
+            self.queue.append(job)
+
+    def _start_generation(self, cfg: Config, reload: bool) -> Generation:
+        """Start a full set of workers for `cfg`; they serve once all hold their model (see _step_generation)."""
+        number = self.active + 1 if self.starting is None else self.starting.number + 1
+        gen = Generation(number, cfg, time.monotonic() + STARTUP_TIMEOUT, reload=reload)
+        gen.workers = [self.pool.spawn(cfg, number) for _ in range(cfg.worker_layout()[0])]
+        return gen
 
     # -- signals -------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -148,12 +148,12 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
 
     def _on_stop(self, signum: int, _frame) -> None:
+        # No logging here: a handler may interrupt the logging module itself.
         if self.stopping:
             self.force_stop = True
             return
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.cfg.shutdown_timeout
-        signal.signal(signal.SIGINT, self._on_stop)  # a second Ctrl-C forces
 
     def _on_hup(self, _signum: int, _frame) -> None:
         self.reload_requested = True
@@ -166,9 +166,10 @@ class Daemon:
             while True:
                 if self.stopping and self._drained():
                     break
-                if self.once and self._idle():
+                if self.once and self.announced and self._idle():
                     break
                 self._take_reload()
+                self._step_generation()
                 self._watch()
                 self._claim()
                 self._dispatch()
@@ -185,124 +186,197 @@ class Daemon:
             self.reload_requested = False
             self.reload()
 
+    def _step_generation(self) -> None:
+        """Promote a starting generation once every worker holds its model; fail it if one cannot."""
+        gen = self.starting
+        if gen is None:
+            return
+        if any(w.state is WorkerState.DEAD for w in gen.workers) or time.monotonic() > gen.deadline:
+            self._abort_generation(gen, "a worker died while loading" if time.monotonic() <= gen.deadline
+                                   else f"workers did not load {gen.cfg.model.path} within {STARTUP_TIMEOUT:.0f} s")
+            return
+        if all(w.state is WorkerState.IDLE for w in gen.workers):
+            self._promote(gen)
+
+    def _promote(self, gen: Generation) -> None:
+        old = [w for w in self.pool.workers if w.generation != gen.number]
+        for w in old:
+            self.pool.retire(w)
+        self.starting = None
+        self.active = gen.number
+        if gen.reload:
+            self._apply_config(gen.cfg)
+            log.info("reloaded: new workers hold %s", gen.cfg.model.path.name)
+        workers, threads = gen.cfg.worker_layout()
+        loads = [w.load_seconds for w in gen.workers if w.load_seconds is not None]
+        log.info(
+            "srwatch ready: watching %s (%s), %d worker(s) x %d thread(s), model %s (loaded in %.1f s)",
+            self.cfg.paths.inbox, "polling" if self.cfg.watch.polling else "inotify", workers, threads,
+            self.cfg.model.path.name, max(loads, default=0.0),
+        )
+        self.announced = True
+        self.notifier.ready(self.status_line())
+
+    def _abort_generation(self, gen: Generation, why: str) -> None:
+        for w in gen.workers:
+            if w.state is not WorkerState.DEAD:
+                self.pool.kill(w)
+        self.starting = None
+        if not gen.reload:
+            raise ConfigError(f"model.path: {why}")
+        log.error("reload failed, keeping the running workers: %s", why)
+        self.notifier.ready(self.status_line())
+
     def _watch(self) -> None:
         if self.watcher is None or self.stopping:
             return
-        if not self.once and not self.watcher.healthy():
-            log.error("the inbox observer stopped; restarting it and rescanning %s", self.cfg.paths.inbox)
-            self.watcher.restart_observer()
-        self.ready.extend(self.watcher.poll())
+        self.watcher.poll()
         if self._bar is not None:
             self._bar.total = self.counters.done + self.counters.quarantined + self._outstanding()
             self._bar.refresh()
 
     def _claim(self) -> None:
-        """Claim ready files while the queue has room: a burst never floods memory."""
-        if self.stopping:
+        """Claim ready entries while the queue has room: a burst never floods memory."""
+        now = time.monotonic()
+        if self.stopping or self.watcher is None or self.claim_pause.waiting(now):
             return
-        while self.ready and len(self.queue) < self.cfg.pool.queue_size:
-            path = self.ready.pop()
-            if self.watcher is not None:
-                self.watcher.forget(path)
+        while len(self.queue) < self.cfg.pool.queue_size:
+            cand = self.watcher.take()
+            if cand is None:
+                return
             try:
-                job = claim.claim(path, self.cfg.paths.inbox, self.cfg.work_dir)
-            except OSError as exc:
-                log.error("cannot claim %s: %s", path, exc)
+                job = claim.claim(cand, self.cfg.paths.inbox, self.cfg.work_dir)
+            except claim.Changed:
+                log.debug("%s changed after it settled; waiting for it again", cand.path)
+                self.watcher.resettle(cand.path)
                 continue
-            if job is not None:
-                log.debug("claimed %s as %s", job.rel, job.id)
-                self.queue.append(job)
+            except StorageError as exc:
+                self.watcher.put_back(cand)
+                if self.claim_pause.failed(now, str(exc)):
+                    log.error("claiming paused: %s; the files wait in the inbox, retrying with back-off", exc)
+                return
+            if self.claim_pause.succeeded():
+                log.warning("claiming resumed")
+            if job is None:
+                continue
+            log.debug("claimed %s as %s", job.rel, job.id)
+            if job.kind == "link":
+                self.doomed[job.id] = LinkRefused("a symbolic link in the inbox; srwatch never follows links")
+            elif job.kind == "other":
+                self.doomed[job.id] = NotAFile("not a regular file (a FIFO, socket or device); never opened")
+            self.queue.append(job)
 
     def _dispatch(self) -> None:
-        if self.stopping:
+        now = time.monotonic()
+        if self.stopping or self.sink_pause.waiting(now):
             return
-        for worker in self.pool.workers:
-            if not self.queue:
+        while self.queue:
+            job = self.queue[0]
+            error = self.doomed.get(job.id)
+            if error is not None:
+                self.queue.popleft()
+                if not self._settle_here(job, error):
+                    return
+                continue
+            idle = self.pool.idle(self.active)
+            if not idle:
                 return
-            if worker.idle:
-                job = claim.with_attempt(self.queue.popleft())
-                try:
-                    self.pool.dispatch(worker, job)
-                    log.debug("dispatched %s to %s (pid %d, attempt %d)", job.rel, worker.name, worker.process.pid, job.attempts)
-                except OSError:  # the worker just died; its death is handled in _collect
-                    worker.job = None
-                    self.queue.appendleft(claim.with_attempts(job, job.attempts - 1))
+            job = claim.set_attempts(self.queue.popleft(), job.attempts + 1)
+            worker = idle[0]
+            if self.pool.dispatch(worker, job):
+                log.debug("dispatched %s to %s (pid %d, attempt %d)", job.rel, worker.name, worker.pid, job.attempts)
+            else:  # it just died: its death comes through _collect; this attempt did not happen
+                self.queue.appendleft(claim.set_attempts(job, job.attempts - 1))
+                return
+
+    def _settle_here(self, job: Job, error: JobError) -> bool:
+        """Quarantine a job in the supervisor (a link, a crash, a timeout); False if a folder cannot take it now."""
+        try:
+            result = sink.fail(self.cfg, job, error)
+        except StorageError as exc:
+            self.queue.appendleft(job)
+            self._pause_sink(str(exc))
+            return False
+        self.doomed.pop(job.id, None)
+        self._report(job, result)
+        return True
 
     def _collect(self) -> None:
-        for worker, msg in self.pool.wait(TICK):
-            self._handle(worker, msg)
+        for event in self.pool.wait(TICK):
+            self._handle(event)
 
-    def _handle(self, worker: Worker, msg) -> None:
+    def _handle(self, event: Event) -> None:
         """A message from a worker, or its death (msg None)."""
+        msg, worker = event.msg, event.worker
         if isinstance(msg, Ready):
-            worker.ready = True
-            self.respawn_delay = 0.0
+            if worker.generation == self.active:
+                self.respawn_delay = 0.0
         elif isinstance(msg, LoadFailed):
             log.error("%s could not load the model: %s", worker.name, msg.message)
-        elif isinstance(msg, (Done, Failed)):
-            self._finish(worker, msg)
+        elif isinstance(msg, Deferred):
+            assert event.job is not None
+            self.queue.appendleft(claim.set_attempts(event.job, event.job.attempts - 1))  # not the file's fault
+            self._pause_sink(msg.message)
+            self._after_job(worker)
+        elif isinstance(msg, (Done, Failed, Gone)):
+            if self.sink_pause.succeeded():
+                log.warning("writing resumed")
+            self._report(event.job, msg)
+            self._after_job(worker)
         elif msg is None:
-            self._worker_died(worker)
+            self._worker_died(worker, event.job)
 
-    def _finish(self, worker: Worker, msg) -> None:
-        job = worker.job
-        worker.job = None
-        worker.jobs_done += 1
-        rel = job.rel if job else msg.job_id
+    def _pause_sink(self, why: str) -> None:
+        if self.sink_pause.failed(time.monotonic(), why):
+            log.error("delivery paused: %s; files stay claimed, retrying with back-off", why)
+
+    def _report(self, job: Optional[Job], msg) -> None:
+        """Count and log one finished job."""
+        rel = job.rel if job else getattr(msg, "job_id", "?")
         if isinstance(msg, Done):
             self.counters.done += 1
-            extra = f", {' ; '.join(msg.notes)}" if msg.notes else ""
-            if msg.input_size == (0, 0):  # the result was delivered before a restart
-                log.info("done %s -> %s (delivered by an earlier run; original now archived)", rel, msg.output)
+            if msg.resumed:
+                log.info("done %s -> %s (delivered by an earlier attempt; original now archived)", rel, msg.output)
             else:
+                extra = f", {' ; '.join(msg.notes)}" if msg.notes else ""
                 log.info(
                     "done %s -> %s (%dx%d -> %dx%d, %.2f s%s%s)", rel, msg.output, *msg.input_size,
                     *msg.output_size, msg.seconds, ", cached" if msg.cached else "", extra,
                 )
-        else:
+        elif isinstance(msg, Failed):
             self.counters.quarantined += 1
             log.warning("quarantined %s: %s: %s", rel, msg.reason, msg.message)
-        self._after_job(worker)
+        elif isinstance(msg, Gone):
+            log.warning("%s was removed from the work folder by someone else; nothing to do", rel)
+        if self._bar is not None:
+            self._bar.update(1)
 
     def _after_job(self, worker: Worker) -> None:
-        """Progress, and recycle a worker that has done its share (or is retiring)."""
-        if self._bar is not None:
-            self._bar.update(1)
+        """Recycle a worker that has done its share."""
         limit = self.cfg.pool.max_jobs_per_worker
-        if worker.retiring or (limit and worker.jobs_done >= limit):
+        if limit and worker.jobs_done >= limit and worker.state is WorkerState.IDLE:
             self.pool.retire(worker)
 
-    def _worker_died(self, worker: Worker) -> None:
+    def _worker_died(self, worker: Worker, job: Optional[Job]) -> None:
         how = describe_exit(worker.process.exitcode)
-        self.pool.remove(worker)
-        job = worker.job
-        if worker.retiring and job is None:
+        if self.starting is not None and worker in self.starting.workers:
+            return  # a loading worker: _step_generation fails the generation
+        if worker.state is WorkerState.RETIRING and job is None:
             log.debug("%s retired", worker.name)
             return
+        self._schedule_respawn(worker)
         if job is None:
             log.error("%s died (%s) without a file", worker.name, how)
-            self._schedule_respawn(worker)
             return
-        if self.stopping and self.force_stop:
-            return  # killed by us on a forced stop: the file stays claimed for the next start
         self.counters.crashed += 1
-        log.error("%s died (%s) while processing %s (attempt %d)", worker.name, how, job.rel, job.attempts)
-        self._schedule_respawn(worker)
-        if job.attempts < self.cfg.pool.max_attempts:
-            self.queue.appendleft(job)
+        hint = " (SIGKILL from outside the daemon: perhaps the kernel's OOM killer)" if "SIGKILL" in how else ""
+        log.error("%s died (%s) while processing %s (attempt %d)%s", worker.name, how, job.rel, job.attempts, hint)
+        decision = self.policy.after_crash(job, how)
+        if isinstance(decision, Retry):
+            self.queue.appendleft(decision.job)
         else:
-            self._quarantine_crashed(job, f"worker died ({how}) on each of {job.attempts} attempts")
-
-    def _quarantine_crashed(self, job: Job, message: str) -> None:
-        try:
-            path = quarantine_job(self.cfg, job, "worker_crash", message, "WorkerCrashed")
-        except OSError as exc:
-            log.error("cannot quarantine %s: %s", job.rel, exc)
-            return
-        self.counters.quarantined += 1
-        log.warning("quarantined %s: worker_crash: %s (%s)", job.rel, message, path)
-        if self._bar is not None:
-            self._bar.update(1)
+            self.doomed[job.id] = decision.error
+            self.queue.appendleft(job)
 
     def _schedule_respawn(self, worker: Worker) -> None:
         """Back off if workers die right after starting (e.g. the model no longer loads)."""
@@ -314,35 +388,25 @@ class Daemon:
         self.next_respawn = time.monotonic() + self.respawn_delay
 
     def _check_timeouts(self) -> None:
-        limit = self.cfg.pool.job_timeout
-        now = time.monotonic()
-        for worker in list(self.pool.workers):
-            job = worker.job
-            if job is None or now - worker.job_started <= limit:
-                continue
-            log.error("%s exceeded pool.job_timeout (%.0f s) on %s; killing it", worker.name, limit, job.rel)
-            worker.job = None
-            self.pool.kill(worker)
-            worker.process.join(timeout=5)
-            self.pool.remove(worker)
-            try:
-                quarantine_job(self.cfg, job, "timeout", f"processing took longer than pool.job_timeout ({limit:g} s)", "JobTimeout")
-                self.counters.quarantined += 1
-            except OSError as exc:
-                log.error("cannot quarantine %s: %s", job.rel, exc)
+        for worker, error in self.policy.overdue(self.pool.busy(), time.monotonic()):
+            log.error("%s exceeded pool.job_timeout on %s; killing it", worker.name, worker.job.rel)
+            job = self.pool.kill(worker)
+            if job is not None:
+                self.doomed[job.id] = error
+                self.queue.appendleft(job)
 
     def _keep_pool_full(self) -> None:
-        if self.stopping:
+        if self.stopping or self.starting is not None or not self.active:
             return
-        current = [w for w in self.pool.workers if not w.retiring]
-        if len(current) < pool_size(self.cfg) and time.monotonic() >= self.next_respawn:
-            self.pool.spawn(self.cfg)
+        current = self.pool.serving(self.active)
+        if len(current) < self.cfg.worker_layout()[0] and time.monotonic() >= self.next_respawn:
+            self.pool.spawn(self.cfg, self.active)
             self.next_respawn = time.monotonic() + max(0.5, self.respawn_delay)
 
     def _heartbeat(self) -> None:
         """WATCHDOG=1 only while every worker we want is alive; STATUS= now and then."""
-        alive = [w for w in self.pool.workers if w.process.is_alive() and not w.retiring]
-        if len(alive) >= pool_size(self.cfg):
+        alive = [w for w in self.pool.serving(self.active) if w.process.is_alive()]
+        if self.announced and len(alive) >= self.cfg.worker_layout()[0]:
             self.notifier.watchdog()
         now = time.monotonic()
         if now - self._last_status >= STATUS_EVERY:
@@ -351,8 +415,9 @@ class Daemon:
 
     # -- state ---------------------------------------------------------------------------
     def _outstanding(self) -> int:
-        settling = self.watcher.settling if self.watcher else 0
-        return len(self.ready) + len(self.queue) + len(self.pool.busy()) + settling
+        if self.watcher is None:
+            return len(self.queue) + len(self.pool.busy())
+        return self.watcher.ready_count + len(self.queue) + len(self.pool.busy()) + self.watcher.settling
 
     def _idle(self) -> bool:
         return self._outstanding() == 0
@@ -369,50 +434,58 @@ class Daemon:
     def status_line(self) -> str:
         """For systemd's STATUS= and logs."""
         busy = len(self.pool.busy())
-        total = len([w for w in self.pool.workers if not w.retiring])
-        return (
-            f"{busy}/{total} workers busy, {len(self.queue)} queued, {len(self.ready)} ready, "
+        total = len(self.pool.serving(self.active))
+        ready = self.watcher.ready_count if self.watcher else 0
+        line = (
+            f"{busy}/{total} workers busy, {len(self.queue)} queued, {ready} ready, "
             f"{self.counters.done} done, {self.counters.quarantined} quarantined"
         )
+        for name, pause in (("claiming", self.claim_pause), ("delivery", self.sink_pause)):
+            if pause.reason:
+                line += f"; {name} paused: {pause.reason}"
+        if self.watcher is not None and self.watcher.inbox_missing:
+            line += "; inbox missing"
+        if self.starting is not None:
+            line += "; workers loading the model"
+        return line
 
     # -- reload --------------------------------------------------------------------------
     def reload(self) -> None:
         """SIGHUP: read the config again; a bad one is logged and the old one kept.
 
         Files already claimed keep their place in the queue; a changed model (or any worker
-        setting) starts a new generation of workers, and the old ones retire after their file.
+        setting) starts a new generation of workers, and the old ones retire once it holds
+        its model (the loop keeps serving meanwhile).
         """
         self.notifier.reloading()
         source = self.cfg.source
         try:
             new = load_config(source)
-            prepare_folders(new)
             check_model_file(new)
+            prepare_folders(new)
         except ConfigError as exc:
             log.error("reload of %s failed, keeping the running config:\n%s", source, exc)
             self.notifier.ready(self.status_line())
             return
+        if _worker_settings(new) != _worker_settings(self.cfg):
+            if self.starting is not None:
+                for w in self.starting.workers:
+                    self.pool.kill(w)
+            self.starting = self._start_generation(new, reload=True)
+            log.info("reloading: new workers are loading %s", new.model.path.name)
+            return
+        self._apply_config(new)
+        self.notifier.ready(self.status_line())
+
+    def _apply_config(self, new: Config) -> None:
         old = self.cfg
-        if _worker_settings(new) != _worker_settings(old):
-            old_workers = list(self.pool.workers)
-            try:
-                self._start_workers(new)
-            except ConfigError as exc:
-                log.error("reload failed, keeping the running workers: %s", exc)
-                self.notifier.ready(self.status_line())
-                return
-            for w in old_workers:
-                self.pool.retire(w)
-            log.info("reloaded: new workers hold %s", new.model.path.name)
         self.cfg = new
-        self.pool.cfg = new
+        self.policy = JobPolicy(new.pool.max_attempts, new.pool.job_timeout)
         if (new.paths.inbox, new.watch, new.work_dir) != (old.paths.inbox, old.watch, old.work_dir) and self.watcher:
             self.watcher.stop()
-            self.ready = ReadyQueue()
             self.watcher = InboxWatcher(new.paths.inbox, new.watch, exclude=self._own_folders())
             self.watcher.start()
-        log.info("configuration reloaded from %s", source)
-        self.notifier.ready(self.status_line())
+        log.info("configuration reloaded from %s", new.source)
 
     # -- teardown ------------------------------------------------------------------------
     def teardown(self) -> None:
@@ -422,25 +495,25 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
         for worker in list(self.pool.workers):
-            if worker.job is not None:
-                # Interrupted by us, not by the file: this attempt does not count.
-                claim.with_attempts(worker.job, worker.job.attempts - 1)
-                self.pool.kill(worker)
+            if worker.state is WorkerState.STARTING:
+                self.pool.kill(worker)  # still loading its model: nothing to finish
+            elif worker.job is not None:
+                job = self.pool.kill(worker)
+                if job is not None:  # interrupted by us, not by the file: this attempt does not count
+                    claim.set_attempts(job, job.attempts - 1)
             else:
                 self.pool.retire(worker)
         deadline = time.monotonic() + 5
         for worker in list(self.pool.workers):
             worker.process.join(timeout=max(0.1, deadline - time.monotonic()))
             if worker.process.is_alive():
-                self.pool.kill(worker)
-                worker.process.join(timeout=2)
+                self.pool.kill(worker, wait_s=2)
         if self._bar is not None:
             self._bar.close()
-        left = len(self.queue) + len(self.ready)
         if self.stopping:
             log.info("stopped: %s; %d claimed file(s) wait for the next start", self.status_line(), len(self.queue))
-        elif left:
-            log.info("exiting with %d file(s) not done", left)
+        elif self.queue:
+            log.info("exiting with %d claimed file(s) not done", len(self.queue))
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -1,10 +1,16 @@
-"""Watching the inbox: which files exist, and which are completely written.
+"""Watching the inbox: which entries exist, and which are completely written.
 
 The watchdog observer thread only filters events and forwards paths (it never touches the
-files); the daemon's main thread asks `InboxWatcher.poll()` for files that are complete:
+files); the daemon's main thread asks `InboxWatcher.take()` for entries that are complete:
 their close-after-write was seen (inotify) or they were renamed into the inbox, and nothing
 changed for a short quiet time after; or their size and mtime stayed unchanged for
-`watch.settle_seconds`. A periodic rescan catches files whose event was lost.
+`watch.settle_seconds`. A periodic rescan catches files whose event was lost (and runs at
+once when the kernel reports an inotify queue overflow).
+
+Entries are looked at with lstat only: a symbolic link, a FIFO or another non-regular entry
+is never opened or followed. It is handed out like a file (it is an input that must end
+somewhere) and the daemon quarantines it without reading it. Each ready entry carries the
+identity it settled with (inode, size, mtime), which the claim checks again.
 """
 from __future__ import annotations
 
@@ -12,8 +18,10 @@ import fnmatch
 import logging
 import os
 import queue
+import stat
+import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -32,12 +40,14 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from .claim import Candidate, entry_kind
 from .config import WatchConfig
 
 log = logging.getLogger("srwatch.watcher")
 
 CLOSE_QUIET = 0.3  # in seconds: after a close-after-write, no further change for this long
-CHECK_EVERY = 0.25  # in seconds: how often a settling file is stat()ed at most
+CHECK_EVERY = 0.25  # in seconds: how often a settling file is lstat()ed at most
+INBOX_CHECK_EVERY = 1.0  # in seconds: how often the inbox itself is checked (removed, replaced)
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,8 @@ class InboxEvent:
 
 
 def is_ignored(rel: Path, patterns: Iterable[str]) -> bool:
-    """Hidden files and folders, and temporary names, are not taken (until renamed)."""
-    if any(part.startswith(".") for part in rel.parts[:-1]):
+    """Hidden files and folders are never taken, whatever watch.ignore says; nor temporary names."""
+    if any(part.startswith(".") for part in rel.parts):
         return True
     name = rel.name
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
@@ -79,19 +89,47 @@ class InboxHandler(FileSystemEventHandler):
             self.events.put(InboxEvent("deleted", src))
 
 
+class _OverflowAlarm(logging.Handler):
+    """watchdog reports a lost-events overflow only in its log: turn that into a flag."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.raised = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.raised.set()
+
+
 @dataclass
 class _Pending:
-    """What we last saw of a file that is not ready yet."""
+    """What we last saw of an entry that is not ready yet."""
 
+    kind: str
+    ino: int
     size: int
     mtime_ns: int
     stable_since: float  # monotonic time since which size and mtime are unchanged
     checked_at: float
     closed_at: Optional[float] = None  # monotonic time of the last close-after-write / rename-in
 
+    def candidate(self, path: Path) -> Candidate:
+        return Candidate(path, self.kind, self.ino, self.size, self.mtime_ns)
+
+
+def _lstat(path: Path) -> Optional[tuple[str, int, int, int]]:
+    """(kind, inode, size, mtime_ns) of a non-folder entry, never following a link; None if gone or a folder."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    return entry_kind(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns
+
 
 class Settler:
-    """Decides when a file is completely written. Main-thread only."""
+    """Decides when an entry is completely written. Main-thread only."""
 
     def __init__(self, settle_seconds: float) -> None:
         self.settle = settle_seconds
@@ -104,36 +142,37 @@ class Settler:
             return
         entry = self.pending.get(path)
         if entry is None:
-            stat = _stat_file(path)
-            if stat is None:
+            seen = _lstat(path)
+            if seen is None:
                 return
-            size, mtime_ns = stat
+            what, ino, size, mtime_ns = seen
             stable_since = now
-            # A file already old at first sight (the backlog) is not being written right now.
+            # A file already old at first sight (the backlog) is not being written right now;
+            # a link or a FIFO has no content being written at all.
             age = time.time() - mtime_ns / 1e9
-            if kind == "changed" and age >= self.settle:
+            if what != "file" or (kind == "changed" and age >= self.settle):
                 stable_since = now - self.settle
-            entry = _Pending(size, mtime_ns, stable_since, checked_at=now)
+            entry = _Pending(what, ino, size, mtime_ns, stable_since, checked_at=0.0 if what != "file" else now)
             self.pending[path] = entry
         elif kind == "changed":
-            entry.checked_at = 0.0  # re-stat soon
+            entry.checked_at = 0.0  # re-check soon
         if kind in ("closed", "moved_in"):
             entry.closed_at = now
             entry.checked_at = 0.0
 
-    def ready(self, now: float) -> list[Path]:
-        """Files that are complete now (removed from pending), in the order first seen."""
-        done: list[Path] = []
+    def ready(self, now: float) -> list[Candidate]:
+        """Entries that are complete now (removed from pending), in the order first seen."""
+        done: list[Candidate] = []
         for path, entry in list(self.pending.items()):
             if now - entry.checked_at < CHECK_EVERY:
                 continue
             entry.checked_at = now
-            stat = _stat_file(path)
-            if stat is None:
+            seen = _lstat(path)
+            if seen is None:
                 del self.pending[path]
                 continue
-            if stat != (entry.size, entry.mtime_ns):
-                entry.size, entry.mtime_ns = stat
+            if seen != (entry.kind, entry.ino, entry.size, entry.mtime_ns):
+                entry.kind, entry.ino, entry.size, entry.mtime_ns = seen
                 entry.stable_since = now
                 if entry.closed_at is not None and entry.closed_at < now - CHECK_EVERY:
                     entry.closed_at = None  # written again after the close: wait again
@@ -142,23 +181,12 @@ class Settler:
             closed = entry.closed_at is not None and now - entry.closed_at >= CLOSE_QUIET
             if quiet >= self.settle or (closed and quiet >= CLOSE_QUIET):
                 del self.pending[path]
-                done.append(path)
+                done.append(entry.candidate(path))
         return done
 
 
-def _stat_file(path: Path) -> Optional[tuple[int, int]]:
-    """(size, mtime_ns) of a regular file, or None if it is gone or not a regular file."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    if not os.path.isfile(path):
-        return None
-    return st.st_size, st.st_mtime_ns
-
-
 class InboxWatcher:
-    """The observer, the settle tracker and the periodic rescan for one inbox."""
+    """The observer, the settle tracker, the ready set and the rescans for one inbox."""
 
     def __init__(self, inbox: Path, cfg: WatchConfig, exclude: Iterable[Path] = ()) -> None:
         self.inbox = inbox
@@ -168,15 +196,21 @@ class InboxWatcher:
         self.settler = Settler(cfg.settle_seconds)
         self.observer: Optional[Observer] = None
         self.last_scan = 0.0
-        self.known: set[Path] = set()  # handed out as ready, not yet claimed
+        self._ready: "OrderedDict[Path, Candidate]" = OrderedDict()  # complete, not yet claimed
+        self._inbox_id: Optional[tuple[int, int]] = None  # (st_dev, st_ino) the observer watches
+        self._inbox_checked = 0.0
+        self.inbox_missing = False
+        self._overflow = _OverflowAlarm()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Start the observer, then take the backlog (so nothing falls between the two)."""
+        logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
         self._start_observer()
         self.rescan()
 
     def _start_observer(self) -> None:
+        self._inbox_id = _identity(self.inbox)
         if self.cfg.polling:
             observer = PollingObserver(timeout=self.cfg.poll_interval)
         else:
@@ -188,24 +222,45 @@ class InboxWatcher:
 
     def stop(self) -> None:
         """Stop the observer thread."""
+        logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._overflow)
+        self._stop_observer()
+
+    def _stop_observer(self) -> None:
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=5)
             self.observer = None
 
     def healthy(self) -> bool:
-        """False if the observer thread died (e.g. the inbox was unmounted)."""
-        return self.observer is not None and self.observer.is_alive()
+        """False if the observer thread died or the inbox is missing."""
+        return not self.inbox_missing and self.observer is not None and self.observer.is_alive()
 
-    def restart_observer(self) -> None:
-        """Replace a dead observer and rescan, so lost events are made up for."""
-        self.stop()
-        self._start_observer()
-        self.rescan()
+    def _check_inbox(self, now: float) -> None:
+        """Re-arm the observer at once when the inbox was removed and recreated, or the thread died."""
+        if now - self._inbox_checked < INBOX_CHECK_EVERY:
+            return
+        self._inbox_checked = now
+        current = _identity(self.inbox)
+        if current is None:
+            if not self.inbox_missing:
+                log.error("the inbox %s is gone; waiting for it to come back", self.inbox)
+                self.inbox_missing = True
+                self._stop_observer()
+            return
+        if self.inbox_missing or current != self._inbox_id or not (self.observer and self.observer.is_alive()):
+            why = "is back" if self.inbox_missing else (
+                "was replaced" if current != self._inbox_id else "observer stopped")
+            log.warning("the inbox %s %s; watching it again and rescanning", self.inbox, why)
+            self.inbox_missing = False
+            self._stop_observer()
+            self.settler.pending.clear()
+            self._ready.clear()
+            self._start_observer()
+            self.rescan()
 
     # -- scanning --------------------------------------------------------------------------
-    def iter_files(self, top: Optional[Path] = None) -> Iterator[Path]:
-        """Candidate files under `top` (default the inbox), honouring recursion and ignores."""
+    def iter_entries(self, top: Optional[Path] = None) -> Iterator[Path]:
+        """Candidate entries under `top` (default the inbox); symlinked folders are never descended."""
         top = top or self.inbox
         try:
             entries = list(os.scandir(top))
@@ -213,20 +268,24 @@ class InboxWatcher:
             return
         for entry in sorted(entries, key=lambda e: e.name):
             path = Path(entry.path)
-            if entry.is_dir(follow_symlinks=False):
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir:
                 if self.cfg.recursive and not entry.name.startswith(".") and path not in self.exclude:
-                    yield from self.iter_files(path)
-            elif entry.is_file(follow_symlinks=False) and self._wanted(path):
+                    yield from self.iter_entries(path)
+            elif self._wanted(path):
                 yield path
 
     def rescan(self, top: Optional[Path] = None) -> int:
-        """Note every candidate file (the backlog, or what lost events hid); return how many."""
+        """Note every candidate entry (the backlog, or what lost events hid); return how many."""
         now = time.monotonic()
         if top is None:
             self.last_scan = now
         n = 0
-        for path in self.iter_files(top):
-            if path not in self.settler.pending and path not in self.known:
+        for path in self.iter_entries(top):
+            if path not in self.settler.pending and path not in self._ready:
                 self.settler.note(path, "changed", now)
                 n += 1
         return n
@@ -243,61 +302,72 @@ class InboxWatcher:
         return not is_ignored(rel, self.cfg.ignore)
 
     # -- polling ---------------------------------------------------------------------------
-    def poll(self) -> list[Path]:
-        """Drain events, rescan when due, and return the files that became ready."""
+    def poll(self) -> int:
+        """Drain events, re-arm or rescan when due; return how many entries became ready."""
         now = time.monotonic()
+        self._check_inbox(now)
         while True:
             try:
                 event = self.events.get_nowait()
             except queue.Empty:
                 break
-            if event.kind == "scan_dir":
-                if self.cfg.recursive and event.path.is_relative_to(self.inbox):
-                    self.rescan(event.path)
-                continue
-            if event.kind == "deleted":
-                self.settler.note(event.path, "deleted", now)
-                self.known.discard(event.path)
-                continue
-            if self._wanted(event.path) and event.path not in self.known:
-                self.settler.note(event.path, event.kind, now)
-        if self.cfg.rescan_interval and now - self.last_scan >= self.cfg.rescan_interval:
+            self._on_event(event, now)
+        overflow = self._overflow.raised.is_set()
+        if overflow or (self.cfg.rescan_interval and now - self.last_scan >= self.cfg.rescan_interval):
+            self._overflow.raised.clear()
             found = self.rescan()
             if found:
-                log.debug("rescan found %d file(s) without an event", found)
+                log.log(logging.WARNING if overflow else logging.DEBUG,
+                        "rescan%s found %d entr%s without an event", " after an inotify overflow" if overflow else "",
+                        found, "y" if found == 1 else "ies")
         ready = self.settler.ready(now)
-        self.known.update(ready)
-        return ready
+        for cand in ready:
+            self._ready[cand.path] = cand
+        return len(ready)
 
-    def forget(self, path: Path) -> None:
-        """The daemon claimed (or dropped) `path`: a new file of that name is new work."""
-        self.known.discard(path)
+    def _on_event(self, event: InboxEvent, now: float) -> None:
+        if event.kind == "scan_dir":
+            if self.cfg.recursive and event.path.is_relative_to(self.inbox) and not event.path.is_symlink():
+                self.rescan(event.path)
+            return
+        if event.kind == "deleted":
+            self.settler.note(event.path, "deleted", now)
+            self._ready.pop(event.path, None)
+            return
+        if self._wanted(event.path):
+            # A change to an entry that was already complete: it is being rewritten; settle it again.
+            self._ready.pop(event.path, None)
+            self.settler.note(event.path, event.kind, now)
+
+    def take(self) -> Optional[Candidate]:
+        """The oldest complete entry, or None."""
+        if not self._ready:
+            return None
+        return self._ready.popitem(last=False)[1]
+
+    def put_back(self, cand: Candidate) -> None:
+        """A claim could not happen now (the work folder is full): keep the entry first in line."""
+        self._ready[cand.path] = cand
+        self._ready.move_to_end(cand.path, last=False)
+
+    def resettle(self, path: Path) -> None:
+        """The entry changed since it settled: watch it until it is complete again."""
+        self.settler.note(path, "changed", time.monotonic())
+
+    @property
+    def ready_count(self) -> int:
+        """Entries complete and waiting to be claimed."""
+        return len(self._ready)
 
     @property
     def settling(self) -> int:
-        """Files seen but not yet complete."""
+        """Entries seen but not yet complete."""
         return len(self.settler.pending)
 
 
-class ReadyQueue:
-    """Inbox paths ready to claim, in arrival order, without duplicates."""
-
-    def __init__(self) -> None:
-        self._order: deque[Path] = deque()
-        self._members: set[Path] = set()
-
-    def extend(self, paths: Iterable[Path]) -> None:
-        """Append paths not already queued."""
-        for path in paths:
-            if path not in self._members:
-                self._members.add(path)
-                self._order.append(path)
-
-    def pop(self) -> Path:
-        """The oldest ready path."""
-        path = self._order.popleft()
-        self._members.discard(path)
-        return path
-
-    def __len__(self) -> int:
-        return len(self._order)
+def _identity(path: Path) -> Optional[tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None

@@ -1,77 +1,359 @@
-"""Delivery, archive, quarantine and claim/recover, on real files."""
+"""Delivery, archive, quarantine, claim and recovery, on real files (and a real tmpfs for cross-device moves)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import subprocess
 from pathlib import Path
 
-from srwatch import claim, sink
+import pytest
+
+from srwatch import claim, safefs, sink
+from srwatch.claim import Candidate, Job
+from srwatch.config import parse_config
+from srwatch.errors import ConfigError, CorruptImage, LinkRefused, StorageError, WorkerCrashed
+from srwatch.messages import Done, Failed
 from srwatch.watcher import Settler, is_ignored
 
 
-def test_write_new_never_overwrites_and_leaves_no_temp(tmp_path: Path) -> None:
+# -- helpers ----------------------------------------------------------------------------------------
+def make_cfg(root: Path, **over) -> object:
+    """A validated config whose folders live under `root` (the model path is not opened here)."""
+    for name in ("inbox", "outbox", "quarantine", "archive", "work"):
+        (root / name).mkdir(exist_ok=True)
+    raw = {
+        "paths": {k: str(root / k) for k in ("inbox", "outbox", "quarantine", "archive", "work")},
+        "model": {"path": str(root / "model.onnx")},
+    }
+    for key, value in over.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return parse_config(raw, root)
+
+
+def candidate(path: Path) -> Candidate:
+    st = os.lstat(path)
+    return Candidate(path, claim.entry_kind(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def claimed(cfg, rel: str, data: bytes = b"data") -> Job:
+    src = cfg.paths.inbox / rel
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(data)
+    job = claim.claim(candidate(src), cfg.paths.inbox, cfg.work_dir)
+    assert job is not None
+    return job
+
+
+def every_file(folder: Path) -> list[str]:
+    """Every non-folder entry below `folder`, dotfiles included."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir() or p.is_symlink())
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """A real second filesystem (tmpfs), unmounted in a finally."""
+    mnt = tmp_path / "other-fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+# -- names ------------------------------------------------------------------------------------------
+def test_fit_name_keeps_short_names_and_shortens_long_ones_with_a_hash() -> None:
+    assert safefs.fit_name("photo_x3", ".png") == "photo_x3.png"
+    long_a, long_b = "a" * 300, "a" * 299 + "b"
+    fa, fb = safefs.fit_name(long_a, ".png"), safefs.fit_name(long_b, ".png")
+    assert len(fa.encode()) <= 255 and fa.endswith(".png") and "~" in fa
+    assert fa != fb, "two long names that differ only at the end must not collide"
+    accented = safefs.fit_name("é" * 200, ".jpg", "-7")
+    assert len(accented.encode()) <= 255 and accented.endswith("-7.jpg")
+    accented.encode("utf-8")  # cut on a character boundary
+
+
+def test_write_new_never_overwrites_and_numbers_from_one_listing(tmp_path: Path) -> None:
     first = sink.write_new(tmp_path, "photo_x3", ".png", b"one")
     second = sink.write_new(tmp_path, "photo_x3", ".png", b"two")
+    (tmp_path / "photo_x3-41.png").write_bytes(b"user")
     third = sink.write_new(tmp_path, "photo_x3", ".png", b"three")
-    assert [p.name for p in (first, second, third)] == ["photo_x3.png", "photo_x3-1.png", "photo_x3-2.png"]
-    assert first.read_bytes() == b"one" and third.read_bytes() == b"three"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo_x3-1.png", "photo_x3-2.png", "photo_x3.png"]
+    assert [p.name for p in (first, second, third)] == ["photo_x3.png", "photo_x3-1.png", "photo_x3-42.png"]
+    assert (tmp_path / "photo_x3-41.png").read_bytes() == b"user"
+    assert every_file(tmp_path) == ["photo_x3-1.png", "photo_x3-41.png", "photo_x3-42.png", "photo_x3.png"]
 
 
-def test_write_new_cleans_up_on_failure(tmp_path: Path) -> None:
+def test_write_new_removes_its_temp_when_placing_fails(tmp_path: Path, monkeypatch) -> None:
+    def broken_place(*_a, **_k):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(safefs, "place", broken_place)
+    with pytest.raises(OSError):
+        sink.write_new(tmp_path, "x", ".png", b"data")
+    assert every_file(tmp_path) == []
+
+
+def test_place_without_hard_links_never_replaces(tmp_path: Path, monkeypatch) -> None:
+    """SMB/FAT: link() fails with EPERM; renameat2(RENAME_NOREPLACE) must still refuse a taken name."""
+    real_link = os.link
+
+    def no_links(*a, **k):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    (tmp_path / "out.png").write_bytes(b"existing")
+    (tmp_path / "tmp").write_bytes(b"new")
+    monkeypatch.setattr(os, "link", no_links)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        sink.write_new(tmp_path, "x", ".png", None)  # type: ignore[arg-type]
-    except TypeError:
-        pass
-    assert list(tmp_path.iterdir()) == []
+        name = sink.place_numbered(fd, "tmp", fd, "out", ".png")
+    finally:
+        os.close(fd)
+        monkeypatch.setattr(os, "link", real_link)
+    assert name == "out-1.png"
+    assert (tmp_path / "out.png").read_bytes() == b"existing" and (tmp_path / "out-1.png").read_bytes() == b"new"
+    assert every_file(tmp_path) == ["out-1.png", "out.png"]
 
 
-def test_quarantine_writes_reason_beside_file(tmp_path: Path) -> None:
-    src = tmp_path / "bad.png"
-    src.write_bytes(b"x")
-    q = tmp_path / "q"
-    (q).mkdir()
-    (q / "bad.png").write_bytes(b"older")
-    final = sink.quarantine(src, q, original_path="bad.png", reason="not_image", message="nope",
-                            exception="NotAnImage", attempts=1, claimed_at=sink.utc_now())
-    assert final.name == "bad-1.png" and not src.exists()
-    record = json.loads((q / "bad-1.png.error.json").read_text())
-    assert record["reason"] == "not_image" and record["file"] == "bad-1.png"
-    assert (q / "bad.png").read_bytes() == b"older"
+def test_open_subdir_refuses_a_planted_link(tmp_path: Path) -> None:
+    outbox, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    outbox.mkdir()
+    elsewhere.mkdir()
+    (outbox / "sub").symlink_to(elsewhere)
+    with pytest.raises(safefs.UnsafePath):
+        with safefs.opened_dir(outbox, ["sub", "deeper"], create=True):
+            pass
+    assert list(elsewhere.iterdir()) == []
 
 
-def test_claim_moves_file_and_recover_finds_it(tmp_path: Path) -> None:
-    inbox, work = tmp_path / "in", tmp_path / "work"
-    (inbox / "sub").mkdir(parents=True)
-    work.mkdir()
-    src = inbox / "sub" / "a.png"
-    src.write_bytes(b"data")
-    job = claim.claim(src, inbox, work)
-    assert job is not None and not src.exists() and job.path.read_bytes() == b"data"
-    assert job.rel == "sub/a.png"
-    assert claim.claim(src, inbox, work) is None, "a vanished file cannot be claimed twice"
-    job = claim.with_attempt(job)
-    recovered = claim.recover(work)
-    assert [(j.id, j.rel, j.attempts) for j in recovered] == [(job.id, "sub/a.png", 1)]
-    claim.release(job)
-    assert claim.recover(work) == []
+# -- the work folder --------------------------------------------------------------------------------
+def test_work_folder_with_user_data_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    work = tmp_path / "mistyped"
+    (work / "x" / "f").mkdir(parents=True)
+    (work / "x" / "job.json").write_text(json.dumps({"id": "x", "rel": "a.png", "claimed_at": "now"}))
+    (work / "x" / "f" / "a.png").write_bytes(b"precious")
+    (work / "notes.txt").write_text("mine")
+    before = every_file(work)
+    with pytest.raises(ConfigError, match="paths.work"):
+        claim.prepare_work_folder(work)
+    assert every_file(work) == before and (work / "x" / "f" / "a.png").read_bytes() == b"precious"
 
 
-def test_recover_rebuilds_a_job_without_record(tmp_path: Path) -> None:
+def test_empty_work_folder_is_tagged_and_then_accepted(tmp_path: Path) -> None:
     work = tmp_path / "work"
-    (work / "j1" / "f").mkdir(parents=True)
-    (work / "j1" / "f" / "x.png").write_bytes(b"x")
-    (work / "empty").mkdir()
-    jobs = claim.recover(work)
-    assert [j.rel for j in jobs] == ["x.png"]
-    assert not (work / "empty").exists()
+    work.mkdir()
+    claim.prepare_work_folder(work, tag=False)
+    assert every_file(work) == []  # check-config creates nothing
+    claim.prepare_work_folder(work)
+    assert (work / claim.WORK_TAG).is_file()
+    claim.prepare_work_folder(work)
 
 
-def test_ignore_rules() -> None:
-    patterns = [".*", "*.part", "*.tmp", "*.crdownload", "*.swp", "*~"]
-    for name in ("a.png.part", ".hidden.png", "x.tmp", "y.crdownload", ".a.swp", "b.png~"):
+# -- claiming ---------------------------------------------------------------------------------------
+def test_claim_moves_file_and_recover_finds_it(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    claim.prepare_work_folder(cfg.work_dir)
+    job = claimed(cfg, "sub/a.png")
+    assert job.path.read_bytes() == b"data" and job.rel == "sub/a.png" and job.size == 4
+    assert job.job_dir.name.startswith(claim.JOB_PREFIX)
+    gone = Candidate(cfg.paths.inbox / "sub" / "a.png", "file", 1, 4, 0)
+    assert claim.claim(gone, cfg.paths.inbox, cfg.work_dir) is None, "a vanished file cannot be claimed twice"
+    job = claim.set_attempts(job, 1)
+    assert [(j.id, j.rel, j.attempts) for j in claim.recover(cfg.work_dir)] == [(job.id, "sub/a.png", 1)]
+    claim.release(job)
+    assert claim.recover(cfg.work_dir) == []
+
+
+def test_claim_refuses_an_entry_rewritten_after_it_settled(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    src = cfg.paths.inbox / "a.png"
+    src.write_bytes(b"first")
+    cand = candidate(src)
+    src.write_bytes(b"second, longer")
+    with pytest.raises(claim.Changed):
+        claim.claim(cand, cfg.paths.inbox, cfg.work_dir)
+    assert src.read_bytes() == b"second, longer" and list(cfg.work_dir.iterdir()) == []
+
+
+def test_claim_takes_a_symlink_as_the_link_itself(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"secret")
+    os.chmod(secret, 0o600)
+    (cfg.paths.inbox / "link.png").symlink_to(secret)
+    job = claim.claim(candidate(cfg.paths.inbox / "link.png"), cfg.paths.inbox, cfg.work_dir)
+    assert job is not None and job.kind == "link" and job.path.is_symlink()
+    result = sink.fail(cfg, job, LinkRefused("a link"))
+    assert isinstance(result, Failed) and result.reason == "link"
+    assert (cfg.paths.quarantine / "link.png").is_symlink()
+    assert secret.read_bytes() == b"secret" and oct(secret.stat().st_mode & 0o777) == "0o600"
+
+
+def test_claim_through_a_swapped_parent_link_takes_nothing(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.png").write_bytes(b"not yours")
+    (cfg.paths.inbox / "sub").mkdir()
+    (cfg.paths.inbox / "sub" / "a.png").write_bytes(b"x")
+    cand = candidate(cfg.paths.inbox / "sub" / "a.png")
+    os.rename(cfg.paths.inbox / "sub", tmp_path / "moved-away")
+    (cfg.paths.inbox / "sub").symlink_to(outside)
+    assert claim.claim(cand, cfg.paths.inbox, cfg.work_dir) is None
+    assert (outside / "a.png").read_bytes() == b"not yours"
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_claim_on_a_broken_work_filesystem_leaves_the_file_in_the_inbox(tmp_path: Path, tmpfs: Path, fault: str) -> None:
+    cfg = make_cfg(tmpfs)
+    src = cfg.paths.inbox / "a.png"
+    src.write_bytes(b"x" * 1000)
+    if fault == "full":
+        fd = os.open(tmpfs / "ballast", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 65536)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    try:
+        with pytest.raises(StorageError):
+            claim.claim(candidate(src), cfg.paths.inbox, cfg.work_dir)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)
+    assert src.read_bytes() == b"x" * 1000 and list(cfg.work_dir.iterdir()) == []
+
+
+# -- delivery, archive, quarantine -----------------------------------------------------------------
+def test_deliver_archive_and_a_kill_between_link_and_marker(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    job = claimed(cfg, "a.png", b"original")
+    # A kill after the output's link but before delivered.json: the temp has two names.
+    with safefs.opened_dir(cfg.paths.outbox) as fd:
+        tmp = sink.temp_name(job, "out")
+        safefs.write_exclusive(fd, tmp, b"result")
+        os.link(tmp, "a_x3.png", src_dir_fd=fd, dst_dir_fd=fd)
+    result = sink.resume(cfg, job)
+    assert isinstance(result, Done) and result.resumed and result.output.endswith("a_x3.png")
+    assert every_file(cfg.paths.outbox) == ["a_x3.png"], "no temp left, no second output"
+    assert every_file(cfg.paths.archive) == ["a.png"] and (cfg.paths.archive / "a.png").read_bytes() == b"original"
+    assert not job.job_dir.exists()
+
+
+def test_a_crash_after_delivery_archives_instead_of_quarantining(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    job = claimed(cfg, "a.png", b"original")
+    output = sink.deliver(cfg, job, b"result", "a_x3", ".png")
+    result = sink.fail(cfg, job, WorkerCrashed("died after delivery"))
+    assert isinstance(result, Done) and result.output == str(output)
+    assert every_file(cfg.paths.quarantine) == []
+    assert every_file(cfg.paths.archive) == ["a.png"] and every_file(cfg.paths.outbox) == ["a_x3.png"]
+
+
+def test_half_done_archive_is_completed_not_repeated(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    job = claimed(cfg, "a.png", b"original")
+    claim.mark_delivered(job, cfg.paths.outbox / "a_x3.png")
+    os.link(job.path, cfg.paths.archive / "a.png")  # killed after the link, before the unlink
+    assert isinstance(sink.resume(cfg, job), Done)
+    assert every_file(cfg.paths.archive) == ["a.png"]
+
+
+def test_archive_on_another_filesystem_is_copied_safely(tmp_path: Path, tmpfs: Path) -> None:
+    cfg = make_cfg(tmp_path, paths={"archive": str(tmpfs / "archive")})
+    (tmpfs / "archive").mkdir()
+    (tmpfs / "archive" / "a.png").write_bytes(b"older")
+    job = claimed(cfg, "a.png", b"original")
+    os.chmod(job.path, 0o640)
+    archived = sink.finish_original(cfg, job)
+    assert archived == tmpfs / "archive" / "a-1.png" and archived.read_bytes() == b"original"
+    assert oct(archived.stat().st_mode & 0o777) == "0o640"
+    assert (tmpfs / "archive" / "a.png").read_bytes() == b"older"
+    assert every_file(tmpfs / "archive") == ["a-1.png", "a.png"] and not job.path.exists()
+
+
+def test_quarantine_never_replaces_a_users_record_named_file(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    (cfg.paths.quarantine / "notes.png.error.json").write_text("the user's own file")
+    job = claimed(cfg, "notes.png", b"bad")
+    result = sink.fail(cfg, job, CorruptImage("cannot decode"))
+    assert isinstance(result, Failed) and result.reason == "corrupt"
+    assert (cfg.paths.quarantine / "notes.png.error.json").read_text() == "the user's own file"
+    assert every_file(cfg.paths.quarantine) == ["notes-1.png", "notes-1.png.error.json", "notes.png.error.json"]
+    record = json.loads((cfg.paths.quarantine / "notes-1.png.error.json").read_text())
+    assert record["file"] == "notes-1.png" and record["reason"] == "corrupt" and record["original_path"] == "notes.png"
+
+
+def test_quarantine_interrupted_after_its_record_is_finished_with_one_record(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    job = claimed(cfg, "bad.png", b"bad")
+
+    def killed_link(*a, **k):
+        raise KeyboardInterrupt  # stands for SIGKILL right after the record was placed
+
+    real = sink._move
+    sink._move = killed_link
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sink.fail(cfg, job, CorruptImage("first reason"))
+    finally:
+        sink._move = real
+    assert every_file(cfg.paths.quarantine) == ["bad.png.error.json"]
+    result = sink.fail(cfg, job, WorkerCrashed("the retry's reason"))
+    assert isinstance(result, Failed) and result.reason == "corrupt", "the first decision stands"
+    assert every_file(cfg.paths.quarantine) == ["bad.png", "bad.png.error.json"]
+    assert json.loads((cfg.paths.quarantine / "bad.png.error.json").read_text())["file"] == "bad.png"
+
+
+def test_long_name_quarantine_gets_a_short_record_name(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    name = "n" * 246 + ".png"
+    job = claimed(cfg, name, b"bad")
+    sink.fail(cfg, job, CorruptImage("bad"))
+    names = every_file(cfg.paths.quarantine)
+    assert name in names and len(names) == 2
+    record = next(n for n in names if n != name)
+    assert record.endswith(".json") and len(record.encode()) <= 255
+    assert json.loads((cfg.paths.quarantine / record).read_text())["file"] == name
+
+
+def test_output_mode_and_umask(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, output={"mode": "0640"})
+    job = claimed(cfg, "a.png")
+    out = sink.deliver(cfg, job, b"result", "a_x3", ".png")
+    assert oct(out.stat().st_mode & 0o777) == "0o640"
+    second = tmp_path / "second"
+    second.mkdir()
+    old = os.umask(0o027)
+    try:
+        cfg2 = make_cfg(second)
+        job2 = claimed(cfg2, "b.png")
+        out2 = sink.deliver(cfg2, job2, b"result", "b_x3", ".png")
+    finally:
+        os.umask(old)
+    assert oct(out2.stat().st_mode & 0o777) == "0o640"
+
+
+def test_sweep_removes_only_stale_temps_of_this_host(tmp_path: Path) -> None:
+    dead_pid = 2**22 + 12345  # above pid_max: never a live process
+    ours = f"{sink.TEMP_PREFIX}20260101T000000-000000001-{claim.HOST_TAG}-{dead_pid}-0.out"
+    live = f"{sink.TEMP_PREFIX}20260101T000000-000000002-{claim.HOST_TAG}-{os.getpid()}-0.out"
+    other_host = f"{sink.TEMP_PREFIX}20260101T000000-000000003-abcdef-{dead_pid}-0.out"
+    for name in (ours, live, other_host, "photo.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert sink.sweep_temps([tmp_path], set()) == (0 if claim.HOST_TAG == "abcdef" else 1)
+    assert sorted(every_file(tmp_path)) == sorted([live, other_host, "photo.png"])
+
+
+# -- watching ---------------------------------------------------------------------------------------
+def test_ignore_rules_always_hide_dotfiles() -> None:
+    patterns = ["*.part"]  # a custom list without ".*"
+    for name in ("a.png.part", ".hidden.png", ".git/a.png"):
         assert is_ignored(Path(name), patterns), name
-    assert is_ignored(Path(".git/a.png"), patterns)
     assert not is_ignored(Path("sub/a.png"), patterns)
 
 
@@ -84,11 +366,21 @@ def test_settler_waits_for_quiet_or_close(tmp_path: Path) -> None:
     s.note(f, "changed", now)
     assert s.ready(now + 0.5) == []
     f.write_bytes(b"1234")
-    assert s.ready(now + 0.9) == []  # changed: the clock restarts
-    assert s.ready(now + 1.5) == []
-    assert s.ready(now + 2.0) == [f]
+    assert s.ready(now + 1.0) == []  # changed at 1.0: the clock restarts there
+    assert s.ready(now + 1.75) == []  # 0.75 s quiet < 1 s
+    assert [c.path for c in s.ready(now + 2.25)] == [f]  # 1.25 s quiet
     g = tmp_path / "g.png"
     g.write_bytes(b"x")
     s.note(g, "closed", now)
-    assert s.ready(now + 0.3) == []
-    assert s.ready(now + 0.7) == [g]
+    assert s.ready(now + 0.125) == []  # closed, but not quiet for CLOSE_QUIET (0.3 s) yet
+    assert [c.path for c in s.ready(now + 0.5)] == [g]
+
+
+def test_settler_hands_out_links_and_fifos_at_once_without_opening_them(tmp_path: Path) -> None:
+    s = Settler(settle_seconds=5.0)
+    link, fifo = tmp_path / "l.png", tmp_path / "p.png"
+    link.symlink_to(tmp_path / "missing")
+    os.mkfifo(fifo)
+    s.note(link, "changed", 10.0)
+    s.note(fifo, "changed", 10.0)
+    assert sorted((c.path.name, c.kind) for c in s.ready(10.0)) == [("l.png", "link"), ("p.png", "other")]

@@ -1,0 +1,110 @@
+"""The worker process: load the engine once, then take one job at a time from the supervisor.
+
+This is the child's side of the process boundary (the supervisor's side is pool.py). Every
+job ends in exactly one message: Done, Failed (quarantined), Deferred (a folder could not
+take a write; the job stays claimed) or Gone. Nothing on a job's path escapes as a crash.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from . import claim, sink
+from .claim import Job
+from .config import Config
+from .errors import ModelLoadError, StorageError
+from .messages import Deferred, Done, JobResult, LoadFailed, Ready
+
+log = logging.getLogger("srwatch.worker")
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us if the supervisor dies, so no orphan keeps a claimed file."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_main(cfg: Config, threads: int, conn: Connection) -> None:
+    """Entry point of a worker process: load the engine once, then serve jobs until told to stop."""
+    _die_with_parent()
+    # Ctrl-C, SIGTERM and SIGHUP reach the whole process group; only the supervisor decides.
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    from .logs import setup_logging
+
+    setup_logging(cfg.log)
+    from .process import Processor  # imported here: OpenCV is loaded in workers only
+
+    started = time.monotonic()
+    try:
+        processor = Processor(cfg, threads)
+    except ModelLoadError as exc:
+        conn.send(LoadFailed(str(exc)))
+        return
+    except Exception as exc:  # noqa: BLE001 - report any load failure to the supervisor
+        conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(Ready(scale=processor.scale, load_seconds=time.monotonic() - started))
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:  # the sentinel: retire
+            return
+        conn.send(execute(processor, cfg, job))
+
+
+def execute(processor, cfg: Config, job: Job) -> JobResult:
+    """Process one claimed file to its one final place: outbox + archive, or quarantine."""
+    started = time.monotonic()
+    try:
+        finished = sink.resume(cfg, job)  # an earlier attempt may have delivered it already
+        if finished is not None:
+            return finished
+        rendered = processor.process(job.path)
+        output = sink.deliver(cfg, job, rendered.data, output_stem(cfg, job, processor.scale), rendered.ext)
+        archived = sink.finish_original(cfg, job)
+        claim.release(job)
+    except StorageError as exc:
+        return Deferred(job.id, str(exc))
+    except Exception as exc:  # noqa: BLE001 - JobError is the file's fault; anything else a bug: neither loses it
+        if not hasattr(exc, "reason"):
+            log.exception("unexpected error on %s", job.rel)
+        return _fail(cfg, job, exc)
+    return Done(
+        job_id=job.id,
+        output=str(output),
+        archived=str(archived) if archived else None,
+        seconds=time.monotonic() - started,
+        input_size=rendered.input_size,
+        output_size=rendered.output_size,
+        cached=rendered.cached,
+        notes=tuple(rendered.notes),
+    )
+
+
+def _fail(cfg: Config, job: Job, error: BaseException) -> JobResult:
+    """Quarantine (or finish an earlier delivery); a folder that cannot take it defers the job."""
+    try:
+        return sink.fail(cfg, job, error)
+    except StorageError as exc:
+        return Deferred(job.id, str(exc))
+    except Exception as exc:  # noqa: BLE001 - keep the job claimed; the supervisor logs and backs off
+        log.exception("cannot quarantine %s", job.rel)
+        return Deferred(job.id, f"cannot quarantine: {type(exc).__name__}: {exc}")
+
+
+def output_stem(cfg: Config, job: Job, scale: int) -> str:
+    """`<stem><suffix>`, e.g. photo_x3 (shortened by the sink if the name gets too long)."""
+    stem = Path(job.name).stem if not job.name.startswith(".") else job.name
+    return stem + cfg.output.suffix.format(scale=scale)
