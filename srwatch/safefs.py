@@ -120,14 +120,19 @@ def open_subdir(root_fd: int, parts: Sequence[str], create: bool, where: str = "
         raise
 
 
+def open_subdir_path(folder: Path, parts: Sequence[str] = (), create: bool = False, where: str = "") -> int:
+    """A descriptor of folder/parts (see open_subdir); the caller closes it."""
+    root = open_root(folder)
+    try:
+        return open_subdir(root, parts, create, where)
+    finally:
+        os.close(root)
+
+
 @contextmanager
 def opened_dir(folder: Path, parts: Sequence[str] = (), create: bool = False, where: str = "") -> Iterator[int]:
     """Context manager: a descriptor of folder/parts (see open_subdir)."""
-    root = open_root(folder)
-    try:
-        fd = open_subdir(root, parts, create, where)
-    finally:
-        os.close(root)
+    fd = open_subdir_path(folder, parts, create, where)
     try:
         yield fd
     finally:

@@ -247,9 +247,20 @@ def quarantine_job(cfg: Config, job: Job, error: BaseException) -> Path:
         if not claim.holds_file(job):
             claim.release(job)  # moved before a kill: the record went first
             return folder / str(intent.get("file", job.name))
-        with safefs.opened_dir(job.path.parent) as src_fd, \
-                safefs.opened_dir(cfg.paths.quarantine, job.rel_parts, create=True, where="paths.quarantine") as q_fd:
-            name = _quarantine_into(job, intent, src_fd, q_fd)
+        parts = job.rel_parts
+        try:
+            q_fd = safefs.open_subdir_path(cfg.paths.quarantine, parts, create=True, where="paths.quarantine")
+        except safefs.UnsafePath as exc:
+            # A link planted in place of a quarantine sub-folder: never followed. The file goes
+            # to the top of quarantine instead (its record keeps the original path).
+            log.error("%s; quarantining %s at the top of %s", exc, job.rel, cfg.paths.quarantine)
+            parts, folder = (), cfg.paths.quarantine
+            q_fd = safefs.open_subdir_path(cfg.paths.quarantine, (), create=True)
+        try:
+            with safefs.opened_dir(job.path.parent) as src_fd:
+                name = _quarantine_into(job, intent, src_fd, q_fd)
+        finally:
+            os.close(q_fd)
     except OSError as exc:
         raise safefs.storage_guard(f"cannot quarantine into {folder}", exc) from None
     claim.release(job)

@@ -309,6 +309,19 @@ def test_quarantine_interrupted_after_its_record_is_finished_with_one_record(tmp
     assert json.loads((cfg.paths.quarantine / "bad.png.error.json").read_text())["file"] == "bad.png"
 
 
+def test_a_link_planted_in_quarantine_is_not_followed(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (cfg.paths.quarantine / "sub").symlink_to(elsewhere)
+    job = claimed(cfg, "sub/bad.png", b"bad")
+    result = sink.fail(cfg, job, CorruptImage("bad"))
+    assert isinstance(result, Failed) and list(elsewhere.iterdir()) == []
+    assert (cfg.paths.quarantine / "bad.png").read_bytes() == b"bad"
+    record = json.loads((cfg.paths.quarantine / "bad.png.error.json").read_text())
+    assert record["original_path"] == "sub/bad.png"
+
+
 def test_long_name_quarantine_gets_a_short_record_name(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     name = "n" * 246 + ".png"
