@@ -1,10 +1,13 @@
 """The work of one job, as the worker pool calls it: input file in, encoded result out.
 
     processor = Processor(cfg, threads)   # once per worker process; loads the model
-    rendered = processor.process(path)    # raises JobError subclasses only
+    rendered = processor.process(path, max_bytes=claimed_size)
+    # raises JobError subclasses (the file is to blame) or StorageError (the folder is)
 
-Stages: read (size checks) -> cache lookup -> decode -> preshrink -> split alpha -> model ->
-alpha upscale -> encode -> cache store. Writing the result to the outbox is the sink's job.
+Stages: read (link/file-type/size checks) -> cache lookup -> header (input and output pixel
+limits, before anything is decoded) -> decode -> plan the output (format limits, before
+inference) -> preshrink -> model and alpha, written into one preallocated result -> encode ->
+cache store. Writing the result to the outbox is the sink's job.
 """
 from __future__ import annotations
 
@@ -20,8 +23,13 @@ from . import __version__
 from .cache import CachedResult, ResultCache, cache_key, settings_digest, sha256_bytes, sha256_file
 from .config import Config
 from .engine import Engine, load_engine
-from .errors import CorruptImage, JobError, ModelError, ModelLoadError, OutputError
-from .images import Decoded, Encoded, decode_image, encode_image, join_alpha, read_input, split_alpha, upscale_alpha
+from .errors import (
+    CorruptImage, JobError, ModelError, ModelLoadError, OutputError, StorageError, TooManyPixels, is_environmental,
+)
+from .images import (
+    Decoded, Encoded, ImageInfo, OutputPlan, decode_image, encode_image, plan_output, read_header,
+    read_input, split_alpha, upscale_alpha,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +46,21 @@ class Rendered:
     notes: tuple[str, ...]  # e.g. 'RGBA output written as PNG instead of JPEG ...'
 
 
+def preshrink_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) after preshrink: the longer side at most ``max_side`` (0 = off)."""
+    longest = max(height, width)
+    if max_side <= 0 or longest <= max_side:
+        return width, height
+    factor = max_side / longest
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
 def preshrink(pixels: np.ndarray, max_side: int) -> tuple[np.ndarray, Optional[str]]:
     """Downscale (INTER_AREA) so the longer side is at most ``max_side``; 0 = off. Returns (pixels, note)."""
     height, width = pixels.shape[:2]
-    longest = max(height, width)
-    if max_side <= 0 or longest <= max_side:
+    size = preshrink_size(width, height, max_side)
+    if size == (width, height):
         return pixels, None
-    factor = max_side / longest
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
     shrunk = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
     return shrunk, f"input preshrunk from {width}x{height} to {size[0]}x{size[1]} (preshrink.max_side {max_side})"
 
@@ -87,32 +102,64 @@ class Processor:
             "preshrink": self.cfg.preshrink.model_dump(mode="json"),
         }
 
-    def process(self, src: Path) -> Rendered:
-        """Render one input file; raises JobError subclasses only."""
-        try:
-            data = read_input(src, self.cfg.limits)
-        except OSError as exc:
-            raise JobError(f"cannot read {src.name}: {exc.strerror or exc}") from None
+    def process(self, src: Path, max_bytes: Optional[int] = None) -> Rendered:
+        """Render one input file, reading at most ``max_bytes`` (its size when claimed).
+
+        Raises JobError subclasses when the file is to blame, StorageError when reading it
+        failed for a reason of the folder's (EIO, EACCES, ...; errors.is_environmental).
+        """
+        data = self.read(src, max_bytes)
         key = cache_key(sha256_bytes(data), self._model_digest, self._settings_digest) if self.cache else None
         if key is not None and self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
                 return Rendered(hit.data, hit.ext, hit.input_size, hit.output_size, True, hit.notes)
+        self.check_output_size(read_header(data, self.cfg.limits))
         try:
             decoded = decode_image(data, self.cfg.limits)
         except JobError:
             raise
         except Exception as exc:  # a decoder failing in a way we did not foresee: the data is to blame
             raise CorruptImage(f"cannot decode: {type(exc).__name__}: {exc}") from exc
+        del data
         rendered = self.render(decoded)
         if key is not None and self.cache is not None:
             self.cache.put(key, CachedResult(rendered.data, rendered.ext, rendered.input_size, rendered.output_size, rendered.notes))
         return rendered
 
+    def read(self, src: Path, max_bytes: Optional[int] = None) -> bytes:
+        """read_input, with an OSError as StorageError (environmental) or JobError (the file's)."""
+        try:
+            return read_input(src, self.cfg.limits, max_bytes)
+        except OSError as exc:
+            message = f"cannot read {src.name}: {exc.strerror or exc}"
+            if is_environmental(exc):
+                raise StorageError(message, exc.errno) from None
+            raise JobError(message) from None
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the result for an input of width x height as seen: preshrink, then scale."""
+        width, height = preshrink_size(width, height, self.cfg.preshrink.max_side)
+        return width * self.scale, height * self.scale
+
+    def check_output_size(self, info: ImageInfo) -> tuple[int, int]:
+        """The planned output size from the header; TooManyPixels above limits.max_output_pixels."""
+        width, height = self.output_size(*info.oriented_size)
+        limit = self.cfg.limits.max_output_pixels
+        if width * height > limit:
+            shrunk = " after preshrink" if self.cfg.preshrink.max_side else ""
+            raise TooManyPixels(
+                f"the output would be {width}x{height} = {width * height} pixels (x{self.scale}{shrunk} of "
+                f"{info.oriented_size[0]}x{info.oriented_size[1]}), more than limits.max_output_pixels ({limit})"
+            )
+        return width, height
+
     def render(self, decoded: Decoded) -> Rendered:
-        """Model and encode decoded pixels (no cache)."""
+        """Plan the output, model and encode decoded pixels (no cache)."""
+        height, width = decoded.pixels.shape[:2]
+        plan = self.plan(decoded, self.output_size(width, height))
         result, preshrink_note = self.upscale(decoded.pixels)
-        encoded = self.encode(result, decoded)
+        encoded = self.encode(result, decoded, plan)
         notes = [*decoded.notes, *([preshrink_note] if preshrink_note else []), *encoded.notes]
         return Rendered(
             data=encoded.data,
@@ -123,26 +170,42 @@ class Processor:
             notes=tuple(notes),
         )
 
+    def plan(self, decoded: Decoded, size: tuple[int, int]) -> OutputPlan:
+        """plan_output (format and metadata limits, decided before inference), as OutputError if it fails."""
+        try:
+            return plan_output(decoded, size, self.cfg.output)
+        except JobError:
+            raise
+        except Exception as exc:
+            raise OutputError(f"cannot plan the output: {type(exc).__name__}: {exc}") from exc
+
     def upscale(self, pixels: np.ndarray) -> tuple[np.ndarray, Optional[str]]:
         """Preshrink, colour through the model, alpha (if any) with bicubic; raises ModelError.
 
+        The result is allocated once, in its final dtype; the engine writes the colour into it
+        tile by tile and the alpha goes into its last channel (no full-size joins or copies).
         Returns (upscaled pixels, the preshrink note or None).
         """
         try:
             pixels, note = preshrink(pixels, self.cfg.preshrink.max_side)
             colour, alpha = split_alpha(pixels)
-            upscaled = self.engine.upscale(colour)
-            alpha_up = upscale_alpha(alpha, self.scale) if alpha is not None else None
-            return join_alpha(upscaled, alpha_up), note
+            height, width = pixels.shape[:2]
+            result = np.empty((height * self.scale, width * self.scale) + pixels.shape[2:], dtype=pixels.dtype)
+            if alpha is None:
+                self.engine.upscale(colour, out=result)
+                return result, note
+            self.engine.upscale(colour, out=result[..., 0] if pixels.shape[2] == 2 else result[..., :3])
+            result[..., -1] = upscale_alpha(alpha, self.scale)
+            return result, note
         except JobError:
             raise
         except Exception as exc:  # MemoryError for a huge output, a runtime's own exception type
             raise ModelError(f"upscaling failed: {type(exc).__name__}: {exc}") from exc
 
-    def encode(self, pixels: np.ndarray, decoded: Decoded) -> Encoded:
+    def encode(self, pixels: np.ndarray, decoded: Decoded, plan: Optional[OutputPlan] = None) -> Encoded:
         """encode_image, with any failure as OutputError."""
         try:
-            return encode_image(pixels, decoded, self.cfg.output)
+            return encode_image(pixels, decoded, self.cfg.output, plan)
         except JobError:
             raise
         except Exception as exc:

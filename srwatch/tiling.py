@@ -13,15 +13,21 @@ also keeps every window the same shape (engines that compile per input shape com
 Coordinates are named as in Real-ESRGAN's ``tile_process``: ``input_start_x`` .. ``input_end_x``
 is the core, ``input_start_x_pad`` .. ``input_end_x_pad`` the window fed to the model, and
 ``output_*`` the same in output pixels (``*_tile`` relative to the tile's own output).
+
+Assembly: the output is allocated once, in its final dtype (uint8 or uint16), and each tile's
+core is written into its region as soon as the tile is done (``tile_process``). Nothing of
+output size exists besides it: no float copy, no list of tiles, no concatenated rows. Callers
+may pass the output array (or a view of one, e.g. the colour channels of an RGBA result).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
+#: A window in, its whole output (``scale`` x the window, same dtype) out.
 Upscale = Callable[[np.ndarray], np.ndarray]
 
 #: Smallest tile side 'auto' picks (TileConfig refuses smaller explicit sizes too).
@@ -121,36 +127,81 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, scale: int) -> 
     ]
 
 
+#: (window pixels, the tile, the output region of its core) -> None: writes the core's pixels.
+TileWriter = Callable[[np.ndarray, "TileWindow", np.ndarray], None]
+
+
+def whole_window(height: int, width: int, scale: int) -> TileWindow:
+    """The one tile of a whole-image pass: core and window are the image."""
+    return TileWindow(0, width, 0, height, 0, width, 0, height, scale)
+
+
 def crop_input(img: np.ndarray, win: TileWindow) -> np.ndarray:
     """The window of ``img`` that the model sees for this tile (contiguous copy)."""
     return np.ascontiguousarray(img[win.input_start_y_pad : win.input_end_y_pad, win.input_start_x_pad : win.input_end_x_pad])
 
 
+def core_slices(win: TileWindow) -> tuple[slice, slice]:
+    """(rows, columns) of the core inside the tile's own output."""
+    return slice(win.output_start_y_tile, win.output_end_y_tile), slice(win.output_start_x_tile, win.output_end_x_tile)
+
+
 def crop_core(tile_output: np.ndarray, win: TileWindow) -> np.ndarray:
-    """The tile's output without the overlap context: the core's pixels only."""
-    return tile_output[win.output_start_y_tile : win.output_end_y_tile, win.output_start_x_tile : win.output_end_x_tile]
+    """The tile's output without the overlap context: the core's pixels only (a view)."""
+    return tile_output[core_slices(win)]
+
+
+def output_region(output: np.ndarray, win: TileWindow) -> np.ndarray:
+    """The part of ``output`` that this tile's core covers (a view, written in place)."""
+    return output[win.output_start_y : win.output_end_y, win.output_start_x : win.output_end_x]
 
 
 def stitch(output: np.ndarray, core: np.ndarray, win: TileWindow) -> np.ndarray:
     """Write a tile's core into ``output`` at its place; returns ``output``."""
-    output[win.output_start_y : win.output_end_y, win.output_start_x : win.output_end_x] = core
+    output_region(output, win)[...] = core
     return output
 
 
-def upscale_tiled(img: np.ndarray, upscale: Upscale, scale: int, tile: int, overlap: int) -> np.ndarray:
-    """Upscale ``img`` tile by tile with ``upscale`` (one window in, ``scale`` x out) and stitch.
+def new_output(img: np.ndarray, scale: int) -> np.ndarray:
+    """The (uninitialised) result for ``img``: ``scale`` x its size, same channels and dtype."""
+    height, width = img.shape[:2]
+    return np.empty((height * scale, width * scale) + img.shape[2:], dtype=img.dtype)
 
-    One tile covering the whole image is just ``upscale(img)``.
+
+def check_output(output: np.ndarray, img: np.ndarray, scale: int) -> np.ndarray:
+    """``output`` if it can hold the result for ``img`` (shape and dtype); ValueError otherwise."""
+    height, width = img.shape[:2]
+    shape = (height * scale, width * scale) + img.shape[2:]
+    if output.shape != shape or output.dtype != img.dtype:
+        raise ValueError(f"output array is {output.shape} {output.dtype}, the result needs {shape} {img.dtype}")
+    return output
+
+
+def tile_process(img: np.ndarray, write_tile: TileWriter, windows: list[TileWindow], output: np.ndarray) -> np.ndarray:
+    """Each window of ``img`` through ``write_tile``, which writes its core into ``output``; returns it."""
+    for win in windows:
+        write_tile(crop_input(img, win), win, output_region(output, win))
+    return output
+
+
+def upscale_tiled(
+    img: np.ndarray, upscale: Upscale, scale: int, tile: int, overlap: int, out: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Upscale ``img`` tile by tile with ``upscale`` (one window in, ``scale`` x out) into ``out``.
+
+    ``out`` (allocated here if None) is the preallocated result; each tile's core is copied into
+    it as the tile is done. Without ``out``, one tile covering the whole image is just ``upscale(img)``.
     """
     height, width = img.shape[:2]
     windows = plan_tiles(height, width, tile, overlap, scale)
-    if len(windows) == 1:
+    if len(windows) == 1 and out is None:
         return upscale(img)
-    output = np.empty((height * scale, width * scale) + img.shape[2:], dtype=img.dtype)
-    for win in windows:
-        tile_output = upscale(crop_input(img, win))
-        output = stitch(output, crop_core(tile_output, win), win)
-    return output
+    out = new_output(img, scale) if out is None else check_output(out, img, scale)
+
+    def write_tile(window: np.ndarray, win: TileWindow, region: np.ndarray) -> None:
+        region[...] = crop_core(upscale(window), win)
+
+    return tile_process(img, write_tile, windows, out)
 
 
 def auto_tile_size(bytes_per_input_pixel: float, max_memory_mb: int, overlap: int) -> int:

@@ -291,10 +291,16 @@ def png_huge_exif() -> bytes:
 
 
 def huge_icc() -> bytes:
-    """An sRGB profile padded to 200 KB (size field fixed): JPEG splits it into 4 APP2 segments."""
+    """An sRGB profile padded to 200 KB (size field fixed): JPEG splits it into 4 APP2 segments.
+
+    LittleCMS stamps the creation time into the header: a fixed date (and no profile ID) keeps
+    the bytes the same on every call.
+    """
     profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     padded = profile + bytes(200_000 - len(profile))
-    return patch(padded, 0, ">I", len(padded))
+    padded = patch(padded, 0, ">I", len(padded))
+    padded = patch(padded, 24, ">6H", 2024, 1, 1, 0, 0, 0)  # dateTimeNumber
+    return padded[:84] + bytes(16) + padded[100:]  # profile ID: zero means "not computed"
 
 
 def jpeg_huge_icc() -> bytes:

@@ -11,6 +11,10 @@ around it follow cv2.dnn_superres (opencv_contrib modules/dnn_superres/src/dnn_s
 For 8-bit images the stages reproduce dnn_superres bit for bit (8-bit YCrCb conversions,
 rounding and saturation as ``convertTo``). 16-bit images take a float pipeline with the same
 maths (dnn_superres itself would reduce them to 8 bits).
+
+Post-processing works on a tile's *core* only and writes it straight into the preallocated
+result (tiling.tile_process): one channel at a time, in place, so a tile holds the network's
+output blob plus a few core-sized planes, and nothing of the whole output's size is float.
 """
 from __future__ import annotations
 
@@ -43,9 +47,14 @@ PROBE_SHAPE = (24, 20)
 #: (plus its per-shape weight copy, which is not activation memory). 6 leaves some headroom.
 LIVE_TENSORS = 6.0
 
-#: Bytes per *output* pixel that pre/post-processing holds at once: float32 Y, Cr, Cb and the
-#: merged YCrCb at output size plus the result (EDSR: the float output and the result).
-PIPELINE_BYTES_PER_OUTPUT_PIXEL = 48.0
+#: Bytes per *output* pixel of a tile that pre/post-processing holds at once, for tile 'auto'.
+#: The staged stages below: the float32 output blob (4 for Y, 12 for EDSR), one resized chroma
+#: plane (4) and the core's float plane, 8-bit YCrCb and BGR (4 + 3 + 3): at most 18 for 8-bit,
+#: 32 for 16-bit luma (float YCrCb and BGR of the core). cv2.dnn_superres' own upsample (the
+#: opencv engine's 8-bit path for .pb files) holds float Y, Cr, Cb, the merged YCrCb and the
+#: result at output size: 48.
+PIPELINE_BYTES_PER_OUTPUT_PIXEL = 32.0
+DNN_SUPERRES_BYTES_PER_OUTPUT_PIXEL = 48.0
 
 #: Fallback widest layer (channels at input resolution) when the graph cannot be measured.
 DEFAULT_WIDEST_LAYER = 256.0
@@ -88,25 +97,48 @@ def blob_to_plane(blob: np.ndarray) -> np.ndarray:
     return blob[0, 0]
 
 
-def merge_luma(y_hr: np.ndarray, ycrcb_lr: np.ndarray) -> np.ndarray:
-    """Model Y with the input's chroma resized to its size (INTER_LINEAR, as dnn_superres)."""
-    size = (y_hr.shape[1], y_hr.shape[0])
-    cr = cv2.resize(ycrcb_lr[..., 1], size, interpolation=cv2.INTER_LINEAR)
-    cb = cv2.resize(ycrcb_lr[..., 2], size, interpolation=cv2.INTER_LINEAR)
-    return cv2.merge([y_hr.astype(np.float32), cr, cb])
-
-
 def unit_to_dtype(unit: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """0..1 float -> uint8/uint16, rounded half to even and saturated (as convertTo)."""
     peak = _MAX_VALUE[np.dtype(dtype)]
     return np.clip(np.rint(unit * np.float32(peak)), 0, peak).astype(dtype)
 
 
-def ycrcb_to_bgr(ycrcb: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """YCrCb float 0..1 -> BGR of ``dtype``; 8-bit rounds first and converts in 8 bits (dnn_superres)."""
-    if np.dtype(dtype) == np.uint8:
-        return cv2.cvtColor(unit_to_dtype(ycrcb, np.dtype(np.uint8)), cv2.COLOR_YCrCb2BGR)
-    return unit_to_dtype(cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR), np.dtype(dtype))
+def unit_into(unit: np.ndarray, region: np.ndarray) -> None:
+    """0..1 float -> ``region``'s dtype, written into ``region``: unit_to_dtype with one temporary."""
+    peak = _MAX_VALUE[region.dtype]
+    scaled = unit * np.float32(peak)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, peak, out=scaled)
+    region[...] = scaled
+
+
+def chroma_core(ycrcb_lr: np.ndarray, channel: int, size: tuple[int, int], core: tuple[slice, slice]) -> np.ndarray:
+    """One chroma plane of the window resized to ``size`` (INTER_LINEAR, as dnn_superres), cropped to the core."""
+    return cv2.resize(ycrcb_lr[..., channel], size, interpolation=cv2.INTER_LINEAR)[core]
+
+
+def luma_into(y_hr: np.ndarray, ycrcb_lr: np.ndarray, core: tuple[slice, slice], region: np.ndarray) -> None:
+    """Model Y with the window's chroma, the core converted to BGR and written into ``region``.
+
+    8-bit rounds each plane to 8 bits and converts in 8 bits, exactly as dnn_superres; 16-bit
+    merges in float and rounds after the conversion. Resizing the whole window's chroma and
+    cropping gives the same pixels as resizing the whole image (the window holds the context).
+    """
+    size = (y_hr.shape[1], y_hr.shape[0])
+    if region.dtype == np.uint8:
+        ycrcb = np.empty(region.shape[:2] + (3,), np.uint8)
+        unit_into(y_hr[core], ycrcb[..., 0])
+        for channel in (1, 2):
+            unit_into(chroma_core(ycrcb_lr, channel, size, core), ycrcb[..., channel])
+        region[...] = cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
+        return
+    merged = np.empty(region.shape[:2] + (3,), np.float32)
+    merged[..., 0] = y_hr[core]
+    for channel in (1, 2):
+        merged[..., channel] = chroma_core(ycrcb_lr, channel, size, core)
+    bgr = cv2.cvtColor(merged, cv2.COLOR_YCrCb2BGR)
+    del merged
+    unit_into(bgr, region)
 
 
 def bgr_to_edsr_blob(img: np.ndarray) -> np.ndarray:
@@ -117,12 +149,21 @@ def bgr_to_edsr_blob(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((scaled - DIV2K_MEAN).transpose(2, 0, 1)[None])
 
 
-def edsr_blob_to_bgr(blob: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """(1, 3, H, W) model output -> BGR of ``dtype``: plus the mean, rounded, saturated."""
-    bgr = blob[0].transpose(1, 2, 0) + DIV2K_MEAN
-    if np.dtype(dtype) == np.uint8:
-        return np.clip(np.rint(bgr), 0, 255).astype(np.uint8)
-    return unit_to_dtype(bgr * np.float32(1.0 / 255.0), np.dtype(dtype))
+def edsr_into(blob: np.ndarray, core: tuple[slice, slice], region: np.ndarray) -> None:
+    """(1, 3, H, W) model output -> the core as BGR in ``region``: plus the mean, rounded, saturated.
+
+    One channel at a time: a core-sized float plane is the only temporary.
+    """
+    peak = _MAX_VALUE[region.dtype]
+    rows, cols = core
+    for channel in range(3):
+        plane = blob[0, channel, rows, cols] + DIV2K_MEAN[channel]
+        if region.dtype != np.uint8:  # 0..255 -> 0..1 -> the dtype's range, as for 8-bit
+            plane *= np.float32(1.0 / 255.0)
+            plane *= np.float32(peak)
+        np.rint(plane, out=plane)
+        np.clip(plane, 0, peak, out=plane)
+        region[..., channel] = plane
 
 
 # --- the engine -------------------------------------------------------------------------------
@@ -156,38 +197,69 @@ class Engine(abc.ABC):
 
     # --- pipeline ---
 
-    def upscale(self, img: np.ndarray) -> np.ndarray:
+    def upscale(self, img: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Upscale a whole image, tiled per the tile config; same dtype, ``scale`` x the size.
 
+        ``out``: the preallocated result (or a view of one, e.g. the colour channels of an
+        RGBA result), written tile by tile; allocated here if None. Returns the result.
         Raises ModelError when the network fails on this input.
         """
         check_image(img)
-        if self.tile_size is None:
-            return self._checked_upscale_whole(img)
-        return tiling.upscale_tiled(
-            img, self._checked_upscale_whole, self.scale, self.tile_size, self.tile_cfg.overlap
+        height, width = img.shape[:2]
+        windows = (
+            tiling.plan_tiles(height, width, self.tile_size, self.tile_cfg.overlap, self.scale)
+            if self.tile_size is not None else []
         )
+        if len(windows) <= 1:  # whole-image inference ('off', or the image fits one tile)
+            whole = self._checked_upscale_whole(img)
+            if out is None:
+                return whole
+            tiling.check_output(out, img, self.scale)[...] = whole
+            return out
+        out = tiling.new_output(img, self.scale) if out is None else tiling.check_output(out, img, self.scale)
+        return tiling.tile_process(img, self._checked_upscale_tile, windows, out)
 
     def upscale_whole(self, img: np.ndarray) -> np.ndarray:
         """Upscale in one piece (one tile): pre-process, forward, post-process."""
+        height, width = img.shape[:2]
+        out = tiling.new_output(img, self.scale)
+        self.staged_tile(img, tiling.whole_window(height, width, self.scale), out)
+        return out
+
+    def upscale_tile(self, window: np.ndarray, win: tiling.TileWindow, region: np.ndarray) -> None:
+        """Upscale one tile's window and write its core into ``region`` (engines may override)."""
+        self.staged_tile(window, win, region)
+
+    def staged_tile(self, window: np.ndarray, win: tiling.TileWindow, region: np.ndarray) -> None:
+        """The named stages on one window: pre-process, forward, post-process the core into ``region``."""
+        core = tiling.core_slices(win)
         if self.info.luma_only:
-            return self._upscale_luma(img)
-        return self._upscale_edsr(img)
-
-    def _upscale_luma(self, img: np.ndarray) -> np.ndarray:
-        if img.ndim == 2:
-            y_hr = blob_to_plane(self.forward(plane_to_blob(gray_to_unit(img))))
-            return unit_to_dtype(y_hr, img.dtype)
-        ycrcb = bgr_to_ycrcb(img)
-        y_hr = blob_to_plane(self.forward(plane_to_blob(ycrcb[..., 0])))
-        return ycrcb_to_bgr(merge_luma(y_hr, ycrcb), img.dtype)
-
-    def _upscale_edsr(self, img: np.ndarray) -> np.ndarray:
-        if img.ndim == 2:
+            self._luma_tile(window, core, region)
+        elif window.ndim == 2:
             # EDSR wants colour: run the grey as BGR and take its luma back.
-            bgr = self._upscale_edsr(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
-            return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-        return edsr_blob_to_bgr(self.forward(bgr_to_edsr_blob(img)), img.dtype)
+            bgr = np.empty(region.shape + (3,), region.dtype)
+            edsr_into(self.checked_forward(bgr_to_edsr_blob(cv2.cvtColor(window, cv2.COLOR_GRAY2BGR))), core, bgr)
+            region[...] = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        else:
+            edsr_into(self.checked_forward(bgr_to_edsr_blob(window)), core, region)
+
+    def _luma_tile(self, window: np.ndarray, core: tuple[slice, slice], region: np.ndarray) -> None:
+        if window.ndim == 2:
+            unit_into(blob_to_plane(self.checked_forward(plane_to_blob(gray_to_unit(window))))[core], region)
+            return
+        ycrcb = bgr_to_ycrcb(window)
+        y_hr = blob_to_plane(self.checked_forward(plane_to_blob(ycrcb[..., 0])))
+        luma_into(y_hr, ycrcb, core, region)
+
+    def checked_forward(self, blob: np.ndarray) -> np.ndarray:
+        """forward(), with ModelError unless the output is ``scale`` x the input (4-D, NCHW)."""
+        out = self.forward(blob)
+        height, width = blob.shape[2:]
+        if out.ndim != 4 or out.shape[2:] != (height * self.scale, width * self.scale):
+            got = "x".join(str(d) for d in out.shape)
+            looks = f" (it looks like x{out.shape[2] / height:g})" if out.ndim == 4 and height else ""
+            raise ModelError(f"model output is {got} for a {width}x{height} input, not x{self.scale}{looks}")
+        return out
 
     def _checked_upscale_whole(self, img: np.ndarray) -> np.ndarray:
         """upscale_whole, with any failure turned into ModelError and the size checked."""
@@ -201,6 +273,17 @@ class Engine(abc.ABC):
         if out.shape[:2] != expected:
             raise ModelError(f"model output is {out.shape[1]}x{out.shape[0]}, expected {expected[1]}x{expected[0]}")
         return out
+
+    def _checked_upscale_tile(self, window: np.ndarray, win: tiling.TileWindow, region: np.ndarray) -> None:
+        """upscale_tile, with any failure turned into ModelError."""
+        try:
+            self.upscale_tile(window, win, region)
+        except ModelError:
+            raise
+        except Exception as exc:  # cv2.error, RuntimeError from openvino/onnxruntime, MemoryError
+            raise ModelError(
+                f"{self.name} engine failed on a {window.shape[1]}x{window.shape[0]} tile: {exc}"
+            ) from exc
 
     # --- load-time ---
 
@@ -250,7 +333,12 @@ class Engine(abc.ABC):
         Checked against measured RSS growth: FSRCNN_x3 (widest 56) estimate 1776 B/px, measured
         about 1300 B/px on cv2.dnn; EDSR 32x256 x3 estimate 6576 B/px, measured 4000-5000.
         """
-        return 4.0 * LIVE_TENSORS * self.measured_widest + PIPELINE_BYTES_PER_OUTPUT_PIXEL * self.scale**2
+        return 4.0 * LIVE_TENSORS * self.measured_widest + self.pipeline_bytes_per_output_pixel * self.scale**2
+
+    @property
+    def pipeline_bytes_per_output_pixel(self) -> float:
+        """Pre/post-processing memory per output pixel of a tile (PIPELINE_BYTES_PER_OUTPUT_PIXEL)."""
+        return PIPELINE_BYTES_PER_OUTPUT_PIXEL
 
     @functools.cached_property
     def measured_widest(self) -> float:

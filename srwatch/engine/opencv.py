@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 
 from ..config import ModelConfig, TileConfig
-from ..errors import ModelLoadError
-from .base import Engine, require_f32, widest_layer_cv2
+from .. import tiling
+from ..errors import ModelError, ModelLoadError
+from .base import DNN_SUPERRES_BYTES_PER_OUTPUT_PIXEL, Engine, require_f32, widest_layer_cv2
 from .models import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,34 @@ class OpenCVEngine(Engine):
             self._net = self._read_net()
         return self._net
 
+    def uses_superres(self, img: np.ndarray) -> bool:
+        """True when dnn_superres' own upsample takes this input (8-bit, .pb, BGR or a luma model)."""
+        return self.superres is not None and img.dtype == np.uint8 and (img.ndim == 3 or self.info.luma_only)
+
     def upscale_whole(self, img: np.ndarray) -> np.ndarray:
         """dnn_superres' own upsample for 8-bit .pb input; the float stages otherwise."""
-        if self.superres is not None and img.dtype == np.uint8 and (img.ndim == 3 or self.info.luma_only):
+        if self.uses_superres(img):
             return self.superres.upsample(img)
         return super().upscale_whole(img)
+
+    def upscale_tile(self, window: np.ndarray, win: tiling.TileWindow, region: np.ndarray) -> None:
+        """dnn_superres' own upsample of the window (its core copied into ``region``), or the stages.
+
+        dnn_superres runs the .pb in its own net, faster than a plain cv2.dnn.Net of the same
+        file here; reading that second net would also double the model's memory.
+        """
+        if not self.uses_superres(window):
+            super().upscale_tile(window, win, region)
+            return
+        out = self.superres.upsample(window)
+        if out.shape[:2] != (window.shape[0] * self.scale, window.shape[1] * self.scale):
+            raise ModelError(f"model output is {out.shape[1]}x{out.shape[0]} for a {window.shape[1]}x{window.shape[0]} window")
+        region[...] = tiling.crop_core(out, win)
+
+    @property
+    def pipeline_bytes_per_output_pixel(self) -> float:
+        """dnn_superres' figure when it runs the tiles (8-bit input of a .pb model)."""
+        return DNN_SUPERRES_BYTES_PER_OUTPUT_PIXEL if self.superres is not None else super().pipeline_bytes_per_output_pixel
 
     def forward(self, blob: np.ndarray) -> np.ndarray:
         """cv2.dnn forward of an NCHW float32 blob."""
