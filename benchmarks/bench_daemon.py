@@ -41,7 +41,7 @@ def run_once(model: Path, files: int, width: int, height: int, workers: int, thr
             "paths": {k: str(root / k) for k in ("inbox", "outbox", "quarantine", "archive")},
             "model": {"path": str(model.resolve()), "engine": engine},
             "pool": {"workers": workers, "threads_per_worker": threads},
-            "watch": {"settle_seconds": 0},
+            "watch": {"settle_seconds": 0.5},
             "tile": {"size": tile if tile in ("auto", "off") else int(tile)},
             "log": {"level": "WARNING"},
         }

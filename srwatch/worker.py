@@ -71,7 +71,7 @@ def execute(processor, cfg: Config, job: Job) -> JobResult:
         finished = sink.resume(cfg, job)  # an earlier attempt may have delivered it already
         if finished is not None:
             return finished
-        rendered = processor.process(job.path)
+        rendered = processor.process(job.path, max_bytes=job.size)
         output = sink.deliver(cfg, job, rendered.data, output_stem(cfg, job, processor.scale), rendered.ext)
         archived = sink.finish_original(cfg, job)
         claim.release(job)
