@@ -128,7 +128,7 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, scale: int) -> 
 
 
 #: (window pixels, the tile, the output region of its core) -> None: writes the core's pixels.
-TileWriter = Callable[[np.ndarray, "TileWindow", np.ndarray], None]
+TileWriter = Callable[[np.ndarray, TileWindow, np.ndarray], None]
 
 
 def whole_window(height: int, width: int, scale: int) -> TileWindow:

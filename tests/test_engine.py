@@ -11,7 +11,8 @@ import pytest
 from conftest import UPSTREAM_MODELS, build_onnx_model, psnr, require, set5
 from srwatch.config import ModelConfig, TileConfig
 from srwatch.engine import load_engine, resolve_model
-from srwatch.engine.base import Engine
+from srwatch import tiling
+from srwatch.engine.base import DNN_SUPERRES_BYTES_PER_OUTPUT_PIXEL, PIPELINE_BYTES_PER_OUTPUT_PIXEL, Engine
 from srwatch.engine.models import parse_model_name, read_onnx_metadata
 from srwatch.errors import ModelError, ModelLoadError
 
@@ -244,3 +245,67 @@ def test_auto_tile_size_follows_the_widest_layer(models_dir: Path) -> None:
     # The window fits the budget by the documented estimate.
     window = big.tile_size + 2 * tile.overlap
     assert window * window * big.bytes_per_input_pixel() <= tile.max_memory_mb * 2**20
+
+
+# --- tiles: core-only post-processing into the preallocated result --------------------------------
+
+
+@pytest.mark.parametrize("kind, scale", [("y", 3), ("edsr", 2)])
+def test_tiled_engines_agree(tmp_path: Path, kind: str, scale: int, small_bgr: np.ndarray) -> None:
+    """Every engine's output blob goes through the same core-only stages, unchanged by them."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    algorithm = "fsrcnn" if kind == "y" else "edsr"
+    path = build_onnx_model(tmp_path / f"t-{kind}_x{scale}.onnx", kind, scale, {"srwatch.algorithm": algorithm})
+    tile = TileConfig(size=16, overlap=4)
+    outs = {name: load_engine(ModelConfig(path=path, engine=name), tile, 2).upscale(small_bgr)
+            for name in ("opencv", "openvino", "onnxruntime")}
+    whole = load_engine(ModelConfig(path=path), OFF, 1).upscale(small_bgr)
+    assert outs["opencv"].shape == whole.shape
+    assert psnr(outs["opencv"], whole) >= 45.0
+    assert psnr(outs["openvino"], outs["opencv"]) >= 45.0
+    assert psnr(outs["onnxruntime"], outs["opencv"]) >= 45.0
+
+
+def test_upscale_into_a_given_array(models_dir: Path, small_bgr: np.ndarray) -> None:
+    path = upstream(models_dir, "FSRCNN_x2.pb")
+    expected = reference_upsample(path, small_bgr)
+    for tile in (OFF, TileConfig(size=16, overlap=4)):
+        engine = load_engine(ModelConfig(path=path), tile, 1)
+        rgba = np.zeros(expected.shape[:2] + (4,), np.uint8)
+        assert engine.upscale(small_bgr, out=rgba[..., :3]) is not None
+        if tile is OFF:
+            assert np.array_equal(rgba[..., :3], expected)
+        else:
+            assert psnr(rgba[..., :3], expected) >= 45.0
+        assert not rgba[..., 3].any()
+        with pytest.raises(ValueError, match="output array"):
+            engine.upscale(small_bgr, out=np.zeros(expected.shape, np.uint16))
+
+
+def test_a_tile_failure_is_a_model_error(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN_x2.pb")), TileConfig(size=16, overlap=4), 1)
+
+    def broken(window: np.ndarray, win: tiling.TileWindow, region: np.ndarray) -> None:
+        raise cv2.error("out of memory")
+
+    monkeypatch.setattr(engine, "upscale_tile", broken)
+    with pytest.raises(ModelError, match="out of memory"):
+        engine.upscale(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_a_forward_of_the_wrong_scale_is_a_model_error(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = load_engine(ModelConfig(path=upstream(models_dir, "ESPCN_x3.pb")), TileConfig(size=16, overlap=4), 1)
+    monkeypatch.setattr(engine, "forward", lambda blob: np.zeros(blob.shape[:2] + (blob.shape[2] * 2, blob.shape[3] * 2), np.float32))
+    with pytest.raises(ModelError, match=r"not x3 \(it looks like x2\)"):
+        engine.upscale(np.zeros((40, 40, 3), np.uint16))
+
+
+def test_pipeline_memory_figure_follows_the_path(tmp_path: Path, models_dir: Path) -> None:
+    """dnn_superres' own upsample (8-bit .pb on opencv) holds more per pixel than the staged stages."""
+    pb = load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN_x3.pb")), OFF, 1)
+    onnx_path = build_onnx_model(tmp_path / "m_x3.onnx", "y", 3, {"srwatch.algorithm": "fsrcnn"})
+    staged = load_engine(ModelConfig(path=onnx_path), OFF, 1)
+    assert pb.pipeline_bytes_per_output_pixel == DNN_SUPERRES_BYTES_PER_OUTPUT_PIXEL
+    assert staged.pipeline_bytes_per_output_pixel == PIPELINE_BYTES_PER_OUTPUT_PIXEL
+    assert PIPELINE_BYTES_PER_OUTPUT_PIXEL < DNN_SUPERRES_BYTES_PER_OUTPUT_PIXEL

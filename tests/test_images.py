@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import socket
 import struct
+import tempfile
 import zlib
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -14,7 +19,9 @@ from PIL import Image, ImageCms, ImageFile, ImageOps
 from conftest import set5
 from srwatch import images
 from srwatch.config import LimitsConfig, OutputConfig
-from srwatch.errors import CorruptImage, EmptyFile, NotAnImage, TooManyPixels, UnsupportedImage
+from srwatch.errors import (
+    CorruptImage, EmptyFile, LinkRefused, NotAFile, NotAnImage, OutputError, TooManyPixels, UnsupportedImage,
+)
 
 LIMITS = LimitsConfig()
 
@@ -257,3 +264,274 @@ def test_16bit_png_keeps_icc_and_exif(tmp_path: Path, photo: np.ndarray) -> None
     assert out.getexif()[images.ORIENTATION] == 1 and out.getexif()[271] == "srwatch-test"
     back = cv2.imdecode(np.frombuffer(encoded.data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint16 and np.array_equal(back, decoded.pixels)
+
+
+# --- opening the claimed file: links, special files, the claimed size ----------------------------
+
+
+@pytest.fixture()
+def no_hang() -> Iterator[None]:
+    """Fail (instead of hanging the run) if something blocks for 5 s, e.g. opening a FIFO."""
+
+    def timeout(signum: int, frame: object) -> None:
+        raise TimeoutError("blocked: a FIFO was opened in blocking mode")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(5)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_link_is_refused_and_its_target_never_read(tmp_path: Path, photo: np.ndarray, no_hang: None) -> None:
+    target = write(tmp_path, "target.png", png_bytes(photo))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    links = {"to-file.png": target, "dangling.png": tmp_path / "missing.png", "to-fifo.png": fifo}
+    for name, where in links.items():
+        link = tmp_path / name
+        link.symlink_to(where)
+        with pytest.raises(LinkRefused) as info:
+            images.read_input(link, LIMITS)
+        assert info.value.reason == "link"
+        with pytest.raises(LinkRefused):
+            images.probe(link, LIMITS)
+    # The target was never opened through the link: its access time did not move.
+    os.utime(target, (1_000_000, os.stat(target).st_mtime))
+    with pytest.raises(LinkRefused):
+        images.read_input(tmp_path / "to-file.png", LIMITS)
+    assert os.stat(target).st_atime == 1_000_000
+
+
+def test_special_files_are_refused_without_blocking(tmp_path: Path, no_hang: None) -> None:
+    fifo = tmp_path / "in.png"
+    os.mkfifo(fifo)  # no writer: a blocking open would wait for ever
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    for path, kind in ((fifo, "FIFO"), (folder, "folder"), (Path("/dev/null"), "character device")):
+        with pytest.raises(NotAFile, match=kind) as info:
+            images.read_input(path, LIMITS)
+        assert info.value.reason == "not_a_file"
+        with pytest.raises(NotAFile):
+            images.probe(path, LIMITS)
+
+
+def test_a_socket_is_refused(no_hang: None) -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:  # AF_UNIX paths are limited to ~100 bytes
+        path = Path(short) / "s.png"
+        server = socket.socket(socket.AF_UNIX)
+        try:
+            server.bind(str(path))
+            with pytest.raises(NotAFile, match="socket"):
+                images.read_input(path, LIMITS)
+        finally:
+            server.close()
+
+
+def test_read_input_reads_at_most_the_claimed_size(tmp_path: Path, photo: np.ndarray) -> None:
+    data = png_bytes(photo)
+    path = write(tmp_path, "grows.png", data)
+    assert images.read_input(path, LIMITS) == data
+    assert images.read_input(path, LIMITS, max_bytes=len(data)) == data
+    with open(path, "ab") as f:  # a writer still appending after the claim
+        f.write(b"\0" * 100_000)
+    assert images.read_input(path, LIMITS, max_bytes=len(data)) == data
+    assert images.read_input(path, LIMITS, max_bytes=10) == data[:10]
+    # A file that shrank since the claim gives what is there: the decoder finds it truncated.
+    shrunk = write(tmp_path, "shrunk.png", data[: len(data) // 2])
+    assert images.read_input(shrunk, LIMITS, max_bytes=len(data)) == data[: len(data) // 2]
+    with pytest.raises(CorruptImage):
+        images.decode_image(images.read_input(shrunk, LIMITS, max_bytes=len(data)), LIMITS)
+    with pytest.raises(EmptyFile):
+        images.read_input(path, LIMITS, max_bytes=0)
+
+
+def test_the_size_limit_applies_to_what_would_be_read(tmp_path: Path) -> None:
+    path = write(tmp_path, "big.bin", b"x" * 300_000)
+    limits = LimitsConfig(max_file_mb=0.25)
+    with pytest.raises(TooManyPixels, match="limits.max_file_mb"):
+        images.read_input(path, limits)
+    assert images.read_input(path, limits, max_bytes=1000) == b"x" * 1000
+
+
+# --- headers: facts without decoding -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF"])
+def test_read_header_decodes_nothing(monkeypatch: pytest.MonkeyPatch, photo: np.ndarray, fmt: str) -> None:
+    exif = Image.Exif()
+    exif[images.ORIENTATION] = 6
+    options = {"exif": exif.tobytes()} if fmt in ("PNG", "JPEG", "WEBP") else {}
+    data = pillow_bytes(Image.fromarray(photo[..., ::-1]), fmt, **options)
+
+    def no_decoding(self: object) -> None:
+        raise AssertionError("pixels were decoded while reading the header")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    info = images.read_header(data, LIMITS)
+    assert (info.format, info.width, info.height) == (fmt, 64, 48)
+    expected = 6 if options else 1
+    assert info.orientation == expected
+    assert info.oriented_size == ((48, 64) if expected == 6 else (64, 48))
+
+
+def test_png_exif_after_idat_is_found_without_decoding_twice(photo: np.ndarray) -> None:
+    """eXIf after IDAT: not looked for in the header (it would decode), applied when decoding."""
+    data = png_bytes(photo)
+    iend = data.rindex(b"IEND") - 4
+    exif = exif_with_orientation(6)
+    chunk = struct.pack(">I", len(exif) - 6) + b"eXIf" + exif[6:] + struct.pack(">I", zlib.crc32(b"eXIf" + exif[6:]))
+    late = data[:iend] + chunk + data[iend:]
+    assert images.read_header(late, LIMITS).orientation == 1
+    decoded = images.decode_image(late, LIMITS)
+    assert decoded.info.orientation == 6
+    assert np.array_equal(decoded.pixels, cv2.rotate(photo, cv2.ROTATE_90_CLOCKWISE))
+    assert decoded.exif is not None and images.reset_orientation(decoded.exif) == decoded.exif
+    deep = add_late_exif(png_bytes(photo.astype(np.uint16) * 257), exif)
+    decoded = images.decode_image(deep, LIMITS)
+    assert decoded.pixels.dtype == np.uint16 and decoded.info.orientation == 6
+    assert decoded.pixels.shape[:2] == (64, 48)
+
+
+def add_late_exif(data: bytes, exif: bytes) -> bytes:
+    iend = data.rindex(b"IEND") - 4
+    body = exif[6:]
+    return data[:iend] + struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body)) + data[iend:]
+
+
+def test_webp_bomb_refused_before_the_decoder_allocates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's WebP decoder allocates the canvas when it opens a file: the size is checked first."""
+    from PIL import WebPImagePlugin
+
+    def no_decoder(*args: object) -> None:
+        raise AssertionError("the WebP decoder was created for a header bomb")
+
+    monkeypatch.setattr(WebPImagePlugin._webp, "WebPAnimDecoder", no_decoder)
+    bits = (16384 - 1) | ((16384 - 1) << 14)
+    vp8l = b"\x2f" + struct.pack("<I", bits) + bytes(11)
+    body = b"WEBP" + b"VP8L" + struct.pack("<I", len(vp8l)) + vp8l
+    bomb = b"RIFF" + struct.pack("<I", len(body)) + body
+    assert images.webp_canvas(bomb) == (16384, 16384)
+    with pytest.raises(TooManyPixels, match="limits.max_pixels"):
+        images.read_header(bomb, LIMITS)
+
+
+@pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 80}, {"quality": 80, "exif": b"Exif\0\0II*\0\x08\0\0\0\0\0"}])
+def test_webp_canvas_matches_pillow(photo: np.ndarray, options: dict) -> None:
+    data = pillow_bytes(Image.fromarray(photo[..., ::-1]), "WEBP", **options)
+    assert images.webp_canvas(data) == Image.open(io.BytesIO(data)).size == (64, 48)
+
+
+def test_png_without_idat_is_corrupt_not_indexerror() -> None:
+    ihdr = struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    data += struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    with pytest.raises(CorruptImage):
+        images.decode_image(data, LIMITS)
+
+
+# --- the output plan: format limits and metadata, before inference --------------------------------
+
+
+def decoded_with(photo: np.ndarray, fmt: str, exif: bytes | None = None) -> images.Decoded:
+    options = {"exif": exif} if exif else {}
+    return images.decode_image(pillow_bytes(Image.fromarray(photo[..., ::-1]), fmt, **options), LIMITS)
+
+
+@pytest.mark.parametrize(
+    "fmt, limit", [("webp", images.MAX_SIDE["webp"]), ("jpg", images.MAX_SIDE["jpg"])]
+)
+def test_plan_falls_back_to_png_beyond_the_format_side_limit(photo: np.ndarray, fmt: str, limit: int) -> None:
+    decoded = decoded_with(photo, "PNG")
+    cfg = OutputConfig(format=fmt)
+    for size in ((limit, 10), (10, limit)):
+        plan = images.plan_output(decoded, size, cfg)
+        assert plan.format == fmt and plan.notes == ()
+    for size in ((limit + 1, 10), (10, limit + 1)):
+        plan = images.plan_output(decoded, size, cfg)
+        assert plan.format == "png" and plan.ext == ".png"
+        assert len(plan.notes) == 1 and f"at most {limit} px per side" in plan.notes[0]
+
+
+def test_the_side_limits_are_the_encoders(photo: np.ndarray) -> None:
+    """One pixel more than MAX_SIDE fails in the encoder itself; the plan avoids that."""
+    for fmt, pillow_format in (("webp", "WEBP"), ("jpg", "JPEG")):
+        limit = images.MAX_SIDE[fmt]
+        pillow_bytes(Image.new("RGB", (limit, 1)), pillow_format)
+        with pytest.raises((OSError, ValueError)):
+            pillow_bytes(Image.new("RGB", (limit + 1, 1)), pillow_format)
+        decoded = decoded_with(photo, "PNG")
+        wide = np.zeros((1, limit + 1, 3), np.uint8)
+        encoded = images.encode_image(wide, decoded, OutputConfig(format=fmt))
+        assert encoded.ext == ".png" and Image.open(io.BytesIO(encoded.data)).size == (limit + 1, 1)
+        assert any("px per side" in note for note in encoded.notes)
+
+
+def test_huge_exif_is_dropped_for_jpeg_only(photo: np.ndarray) -> None:
+    big = Image.Exif()
+    big[images.ORIENTATION] = 3
+    big[271] = "srwatch-test"
+    big[270] = "z" * 100_000
+    decoded = decoded_with(photo, "PNG", big.tobytes())
+    assert decoded.exif is not None and len(decoded.exif) > images.MAX_JPEG_EXIF
+    size = (decoded.size[0] * 2, decoded.size[1] * 2)
+    plan = images.plan_output(decoded, size, OutputConfig(format="jpg"))
+    assert plan.format == "jpg" and len(plan.exif) <= images.MAX_JPEG_EXIF
+    assert len(plan.notes) == 1 and "EXIF" in plan.notes[0] and "dropped" in plan.notes[0]
+    for fmt in ("png", "webp", "tiff"):
+        assert images.plan_output(decoded, size, OutputConfig(format=fmt)).exif == decoded.exif
+    assert images.plan_output(decoded, size, OutputConfig(format="jpg", keep_metadata=False)).notes == ()
+    # Encoding succeeds (Pillow refuses EXIF over one APP1 segment); the result says orientation 1.
+    up = cv2.resize(decoded.pixels, size)
+    encoded = images.encode_image(up, decoded, OutputConfig(format="jpg"), plan)
+    assert encoded.ext == ".jpg" and plan.notes[0] in encoded.notes
+    exif = Image.open(io.BytesIO(encoded.data)).getexif()
+    assert exif[images.ORIENTATION] == 1 and 270 not in exif
+    with pytest.raises(ValueError, match="EXIF data is too long"):
+        pillow_bytes(Image.fromarray(up), "JPEG", exif=decoded.exif)
+
+
+def test_alpha_plan_for_jpeg_is_png(tmp_path: Path, photo: np.ndarray) -> None:
+    bgra = cv2.cvtColor(photo, cv2.COLOR_BGR2BGRA)
+    decoded = images.read_image(write(tmp_path, "a.png", png_bytes(bgra)), LIMITS)
+    plan = images.plan_output(decoded, (128, 96), OutputConfig(format="jpg"))
+    assert plan.format == "png" and "PNG instead of JPEG" in plan.notes[0]
+
+
+def test_encode_replans_when_the_plan_does_not_fit_the_pixels(photo: np.ndarray) -> None:
+    decoded = decoded_with(photo, "PNG")
+    plan = images.plan_output(decoded, (10, 10), OutputConfig(format="webp"))
+    wide = np.zeros((1, images.MAX_SIDE["webp"] + 1, 3), np.uint8)
+    assert images.encode_image(wide, decoded, OutputConfig(format="webp"), plan).ext == ".png"
+
+
+@pytest.mark.parametrize("channels", [0, 2, 3, 4])
+def test_8bit_encode_is_exact_without_an_rgb_copy(photo: np.ndarray, channels: int) -> None:
+    gray = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    alpha = np.tile(np.linspace(0, 255, photo.shape[1], dtype=np.uint8), (photo.shape[0], 1))
+    pixels = {0: gray, 2: np.dstack([gray, alpha]), 3: photo, 4: np.dstack([photo, alpha])}[channels]
+    decoded = decoded_with(photo, "PNG")
+    encoded = images.encode_image(pixels, decoded, OutputConfig(format="png"))
+    back = np.asarray(Image.open(io.BytesIO(encoded.data)))
+    expected = cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA) if channels == 4 else photo[..., ::-1] if channels == 3 else pixels
+    assert np.array_equal(back, expected)
+
+
+def test_to_8bit_rounds_every_value_as_before() -> None:
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    reference = np.clip(np.rint(values.astype(np.float32) * np.float32(1.0 / 257.0)), 0, 255).astype(np.uint8)
+    assert np.array_equal(images.to_8bit(values), reference)
+
+
+def test_add_png_metadata_copies_once_and_only_when_needed(photo: np.ndarray) -> None:
+    data = png_bytes(photo)
+    assert images.add_png_metadata(data, None, None) is data
+    ok, buffer = cv2.imencode(".png", photo)
+    view = memoryview(buffer.reshape(-1))
+    assert images.add_png_metadata(view, None, None) == data
+    tagged = images.add_png_metadata(view, srgb_icc(), exif_with_orientation(1))
+    assert Image.open(io.BytesIO(tagged)).info.get("icc_profile") == srgb_icc()
+    with pytest.raises(OutputError):
+        images.add_png_metadata(b"not a png at all, no IHDR here", None, None)

@@ -1,6 +1,7 @@
 """Processor end to end (real model, real files), the result cache, and error wrapping."""
 from __future__ import annotations
 
+import errno
 import io
 import multiprocessing
 import os
@@ -15,7 +16,10 @@ from PIL import Image, ImageCms
 from conftest import psnr, require, set5
 from srwatch.cache import CachedResult, ResultCache
 from srwatch.config import Config
-from srwatch.errors import CorruptImage, JobError, ModelError, NotAnImage, OutputError
+from srwatch import images
+from srwatch.errors import (
+    CorruptImage, JobError, LinkRefused, ModelError, NotAFile, NotAnImage, OutputError, StorageError, TooManyPixels,
+)
 from srwatch.process import Processor, preshrink
 
 MODEL = "FSRCNN_x2.pb"
@@ -216,3 +220,158 @@ def test_only_job_errors_come_out(tmp_path: Path, model: Path, photo: np.ndarray
     monkeypatch.setattr("srwatch.images._encode_8bit", boom)
     with pytest.raises(OutputError):
         processor.process(src)
+
+
+# --- limits.max_output_pixels: from the header, before decoding -----------------------------------
+
+
+def forbid(monkeypatch: pytest.MonkeyPatch, target: str, what: str) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{what} ran")
+
+    monkeypatch.setattr(target, refuse)
+
+
+def test_output_pixels_refused_before_decoding(
+    tmp_path: Path, model: Path, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = save_png(tmp_path / "in.png", photo)  # 64x48 -> 128x96 = 12288 output pixels at x2
+    assert Processor(make_config(tmp_path, model, limits={"max_output_pixels": 128 * 96}), 1).process(src)
+    processor = Processor(make_config(tmp_path, model, limits={"max_output_pixels": 128 * 96 - 1}), 1)
+    forbid(monkeypatch, "srwatch.process.decode_image", "decoding")
+    with pytest.raises(TooManyPixels, match=r"limits\.max_output_pixels") as info:
+        processor.process(src)
+    assert info.value.reason == "too_large" and "128x96" in str(info.value)
+
+
+def test_output_pixels_count_after_preshrink(tmp_path: Path, model: Path, photo: np.ndarray) -> None:
+    src = save_png(tmp_path / "in.png", photo)
+    cfg = make_config(tmp_path, model, limits={"max_output_pixels": 64 * 48}, preshrink={"max_side": 32})
+    processor = Processor(cfg, 1)
+    assert processor.output_size(64, 48) == (64, 48)  # preshrunk to 32x24, then x2
+    rendered = processor.process(src)
+    assert rendered.output_size == (64, 48)
+    tight = make_config(tmp_path, model, limits={"max_output_pixels": 64 * 48 - 1}, preshrink={"max_side": 32})
+    with pytest.raises(TooManyPixels, match="after preshrink"):
+        Processor(tight, 1).process(src)
+
+
+def test_output_size_follows_exif_orientation(tmp_path: Path, model: Path, photo: np.ndarray) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(photo[..., ::-1]).save(tmp_path / "r.jpg", quality=95, exif=exif.tobytes())
+    processor = Processor(make_config(tmp_path, model, preshrink={"max_side": 40}), 1)
+    info = images.read_header((tmp_path / "r.jpg").read_bytes(), processor.cfg.limits)
+    planned = processor.check_output_size(info)
+    rendered = processor.process(tmp_path / "r.jpg")
+    assert planned == rendered.output_size == (30 * 2, 40 * 2)
+
+
+# --- reading the claimed file ----------------------------------------------------------------------
+
+
+def test_links_and_special_files_are_job_errors(tmp_path: Path, model: Path, photo: np.ndarray) -> None:
+    processor = Processor(make_config(tmp_path, model), 1)
+    target = save_png(tmp_path / "target.png", photo)
+    (tmp_path / "link.png").symlink_to(target)
+    with pytest.raises(LinkRefused):
+        processor.process(tmp_path / "link.png")
+    os.mkfifo(tmp_path / "fifo.png")
+    with pytest.raises(NotAFile):
+        processor.process(tmp_path / "fifo.png")
+
+
+def test_max_bytes_is_passed_through(tmp_path: Path, model: Path, photo: np.ndarray) -> None:
+    processor = Processor(make_config(tmp_path, model), 1)
+    src = save_png(tmp_path / "in.png", photo)
+    size = src.stat().st_size
+    with open(src, "ab") as f:  # grown after the claim: never read
+        f.write(os.urandom(4096))
+    assert processor.process(src, max_bytes=size).output_size == (128, 96)
+    with pytest.raises(CorruptImage):
+        processor.process(src, max_bytes=size // 2)
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.EACCES, errno.ENOSPC, errno.EPERM])
+def test_environmental_read_errors_are_storage_errors(
+    tmp_path: Path, model: Path, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    processor = Processor(make_config(tmp_path, model), 1)
+    src = save_png(tmp_path / "in.png", photo)
+
+    def failing(*args: object, **kwargs: object) -> bytes:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr("srwatch.process.read_input", failing)
+    with pytest.raises(StorageError) as info:
+        processor.process(src)
+    assert info.value.errno == code and not isinstance(info.value, JobError)
+
+
+def test_a_vanished_file_is_a_job_error_not_storage(tmp_path: Path, model: Path) -> None:
+    processor = Processor(make_config(tmp_path, model), 1)
+    with pytest.raises(JobError) as info:
+        processor.process(tmp_path / "gone.png")
+    assert not isinstance(info.value, StorageError)
+
+
+# --- the output is planned before inference -------------------------------------------------------
+
+
+def test_format_limit_planned_before_inference(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wide = np.ascontiguousarray(cv2.resize(set5("head"), (8200, 2)))  # x2: 16400 px, over WebP's 16383
+    Image.fromarray(wide[..., ::-1]).save(tmp_path / "wide.webp", lossless=True)
+    processor = Processor(make_config(tmp_path, model), 1)
+    rendered = processor.process(tmp_path / "wide.webp")
+    assert rendered.ext == ".png" and rendered.output_size == (16400, 4)
+    assert any("instead of WebP" in note for note in rendered.notes)
+    assert Image.open(io.BytesIO(rendered.data)).size == (16400, 4)
+
+    # The plan comes before the model: a failing plan means the model never runs.
+    def failing_plan(*args: object, **kwargs: object) -> None:
+        raise ValueError("no plan")
+
+    monkeypatch.setattr("srwatch.process.plan_output", failing_plan)
+    forbid(monkeypatch, f"{type(processor.engine).__module__}.{type(processor.engine).__name__}.upscale", "inference")
+    with pytest.raises(OutputError, match="no plan"):
+        processor.process(tmp_path / "wide.webp")
+
+
+def test_huge_exif_to_jpeg_is_dropped_not_failed(tmp_path: Path, model: Path, photo: np.ndarray) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    exif[270] = "z" * 100_000
+    Image.fromarray(photo[..., ::-1]).save(tmp_path / "e.png", exif=exif.tobytes())
+    rendered = Processor(make_config(tmp_path, model, output={"format": "jpg"}), 1).process(tmp_path / "e.png")
+    assert rendered.ext == ".jpg" and any("EXIF" in note and "dropped" in note for note in rendered.notes)
+    out = Image.open(io.BytesIO(rendered.data))
+    assert out.size == (128, 96) and out.getexif()[0x0112] == 1
+    upright = cv2.rotate(photo, cv2.ROTATE_180)
+    assert psnr(np.asarray(out)[..., ::-1], reference(model, upright)) > 30.0
+
+
+def test_gray_alpha_is_assembled_in_place(tmp_path: Path, model: Path, photo: np.ndarray) -> None:
+    gray = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    alpha = np.tile(np.linspace(0, 255, photo.shape[1], dtype=np.uint8), (photo.shape[0], 1))
+    Image.fromarray(np.dstack([gray, alpha]), "LA").save(tmp_path / "la.png")
+    rendered = Processor(make_config(tmp_path, model), 1).process(tmp_path / "la.png")
+    out = np.asarray(Image.open(io.BytesIO(rendered.data)))
+    assert out.shape == (96, 128, 2)
+    assert np.array_equal(out[..., 0], reference(model, gray))
+    assert np.array_equal(out[..., 1], cv2.resize(alpha, (128, 96), interpolation=cv2.INTER_CUBIC))
+
+
+def test_tiled_rgba_equals_whole(tmp_path: Path, model: Path, photo: np.ndarray) -> None:
+    """Colour written tile by tile into the RGBA result's colour channels, alpha into the last."""
+    alpha = np.tile(np.linspace(0, 255, photo.shape[1], dtype=np.uint8), (photo.shape[0], 1))
+    src = save_png(tmp_path / "a.png", np.dstack([photo, alpha]))
+    whole = Processor(make_config(tmp_path, model), 1).process(src)
+    tiled_cfg = make_config(tmp_path, model, tile={"size": 16, "overlap": 8})
+    tiled = Processor(tiled_cfg, 1).process(src)
+    a = cv2.imdecode(np.frombuffer(whole.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    b = cv2.imdecode(np.frombuffer(tiled.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert a.shape == b.shape == (96, 128, 4)
+    assert np.array_equal(a[..., 3], b[..., 3])
+    assert psnr(a[..., :3], b[..., :3]) >= 45.0

@@ -6,10 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import psnr, require, set5
+from conftest import build_onnx_model, psnr, require, set5
 from srwatch import tiling
 from srwatch.config import ModelConfig, TileConfig
-from srwatch.engine import load_engine
+from srwatch.engine import Engine, load_engine
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "EDSR-srwatch_x3.onnx"
 
 
 @pytest.mark.parametrize("length, tile, overlap", [(100, 32, 8), (101, 32, 0), (48, 32, 8), (300, 64, 12), (33, 16, 4)])
@@ -89,3 +91,107 @@ def test_tiled_matches_whole_without_seams(models_dir: Path, name: str) -> None:
     seamy = tiling.upscale_tiled(img, tiled_engine.upscale_whole, scale, 40, 0)
     seamy_diff = np.abs(seamy.astype(np.int32) - whole).max(axis=2)
     assert seamy_diff[band].mean() > 2 * seamy_diff[~band].mean() + 0.02
+
+
+# --- assembly into one preallocated result --------------------------------------------------------
+
+
+def nearest3(x: np.ndarray) -> np.ndarray:
+    return np.repeat(np.repeat(x, 3, axis=0), 3, axis=1)
+
+
+def test_upscale_tiled_writes_into_the_given_array() -> None:
+    img = np.random.default_rng(2).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    rgba = np.zeros((37 * 3, 53 * 3, 4), np.uint8)
+    colour = rgba[..., :3]  # a strided view: the colour channels of an RGBA result
+    assert tiling.upscale_tiled(img, nearest3, 3, 16, 4, out=colour) is colour
+    assert np.array_equal(rgba[..., :3], nearest3(img)) and not rgba[..., 3].any()
+    one = np.empty((37 * 3, 53 * 3, 3), np.uint8)  # one tile covers it: still written into `out`
+    assert tiling.upscale_tiled(img, nearest3, 3, 64, 4, out=one) is one
+    assert np.array_equal(one, nearest3(img))
+    for wrong in (np.empty((37 * 3, 53 * 3, 3), np.uint16), np.empty((37 * 3, 53 * 3), np.uint8)):
+        with pytest.raises(ValueError, match="output array"):
+            tiling.upscale_tiled(img, nearest3, 3, 16, 4, out=wrong)
+
+
+def test_tile_process_writes_every_output_pixel_once() -> None:
+    height, width, scale = 70, 95, 2
+    windows = tiling.plan_tiles(height, width, 16, 4, scale)
+    out = np.zeros((height * scale, width * scale), np.int32)
+
+    def count(window: np.ndarray, win: tiling.TileWindow, region: np.ndarray) -> None:
+        assert window.shape == (win.input_end_y_pad - win.input_start_y_pad, win.input_end_x_pad - win.input_start_x_pad)
+        region += 1
+
+    tiling.tile_process(np.zeros((height, width), np.uint8), count, windows, out)
+    assert (out == 1).all()
+
+
+def test_whole_window_is_the_image() -> None:
+    win = tiling.whole_window(10, 20, 3)
+    assert tiling.core_slices(win) == (slice(0, 30), slice(0, 60))
+    assert (win.output_end_x, win.output_end_y) == (60, 30)
+
+
+def tiny_models(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "luma": build_onnx_model(tmp_path / "luma_x3.onnx", "y", 3, {"srwatch.algorithm": "fsrcnn"}),
+        "edsr": build_onnx_model(tmp_path / "edsr_x2.onnx", "edsr", 2, {"srwatch.algorithm": "edsr"}),
+    }
+
+
+def staged_inputs() -> dict[str, np.ndarray]:
+    bgr = np.ascontiguousarray(set5("bird")[:70, :90])
+    gray = np.ascontiguousarray(bgr[..., 1])
+    return {"bgr8": bgr, "gray8": gray, "bgr16": bgr.astype(np.uint16) * 257 + 5, "gray16": gray.astype(np.uint16) * 257}
+
+
+@pytest.mark.parametrize("kind", ["luma", "edsr", "shipped", "pb16"])
+def test_core_only_stages_equal_cropping_the_whole_tile(tmp_path: Path, models_dir: Path, kind: str) -> None:
+    """The tiled path post-processes only each core, in place; the pixels are exactly those of the
+    whole tile's output, cropped (the old assembly), for 8/16-bit, colour and gray, luma and EDSR."""
+    if kind == "shipped":
+        path = require(SHIPPED_MODEL)
+    elif kind == "pb16":
+        path = require(models_dir / "ESPCN_x3.pb")  # 16-bit input takes the stages, not dnn_superres
+    else:
+        path = tiny_models(tmp_path)[kind]
+    tile_cfg = TileConfig(size=24, overlap=6)
+    engine = load_engine(ModelConfig(path=path), tile_cfg, 2)
+    for name, img in staged_inputs().items():
+        if kind == "pb16" and img.dtype != np.uint16:
+            continue
+        out = engine.upscale(img)
+        old = tiling.upscale_tiled(img, lambda w: Engine.upscale_whole(engine, w), engine.scale, 24, 6)
+        assert out.dtype == img.dtype and out.shape == old.shape, name
+        assert np.array_equal(out, old), f"{kind} {name}"
+
+
+def rss_status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+
+def test_tiled_assembly_holds_nothing_of_output_size_but_the_result(tmp_path: Path) -> None:
+    """Peak RSS growth of a tiled upscale: the uint8 result plus small per-tile buffers (measured:
+    the result and 0.1 MB). Neither a float32 plane of output size (4 bytes per pixel) nor a
+    concatenated copy of the result fits under the bound."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pytest.skip("peak RSS cannot be reset here")
+    for kind, path in tiny_models(tmp_path).items():
+        engine = load_engine(ModelConfig(path=path), TileConfig(size=64, overlap=8), 1)
+        img = np.ascontiguousarray(np.tile(set5("bird"), (4, 3, 1))[:1000, :700])
+        engine.upscale(img[:200, :200])  # the tile shape's buffers exist before measuring
+        before = rss_status("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        out = engine.upscale(img)
+        growth = rss_status("VmHWM") - before
+        result = out.nbytes
+        assert growth <= result + out.shape[0] * out.shape[1] + 4 * 2**20, (
+            f"{kind}: peak grew {growth / 2**20:.0f} MB for a {result / 2**20:.0f} MB result"
+        )
+        del out
