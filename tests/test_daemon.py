@@ -12,12 +12,13 @@ import pytest
 
 from daemon_harness import (
     DaemonProcess,
+    Drop,
     Layout,
     assert_each_input_once,
     image_bytes,
-    make_image,
-    settled,
     model_for_tests,
+    require_model,
+    settled,
     wait_for,
     write_config,
 )
@@ -27,11 +28,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def layout(tmp_path: Path) -> Layout:
-    if not model_for_tests().is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"model missing: {model_for_tests()}")
-        pytest.skip(f"model missing: {model_for_tests()}")
+    require_model()
     return Layout(tmp_path)
+
+
+def drop(path: Path, width: int, height: int, seed: int) -> bytes:
+    """Write an image (PNG/JPEG by extension) in one go; return the bytes dropped."""
+    ext = path.suffix.lower() if path.suffix.lower() in (".png", ".jpg", ".jpeg") else ".png"
+    data = image_bytes(width, height, seed, ext)
+    path.write_bytes(data)
+    return data
 
 
 def start(layout: Layout, **overrides) -> DaemonProcess:
@@ -42,13 +48,12 @@ def start(layout: Layout, **overrides) -> DaemonProcess:
 def test_drop_gives_scale_times_output_and_archives_original(layout: Layout) -> None:
     daemon = start(layout)
     try:
-        make_image(layout.inbox / "a.png", 48, 40, seed=1)
-        make_image(layout.inbox / "b.jpg", 33, 21, seed=2)
-        original = (layout.inbox / "a.png").read_bytes()
+        original = drop(layout.inbox / "a.png", 48, 40, seed=1)
+        b = drop(layout.inbox / "b.jpg", 33, 21, seed=2)
         wait_for(settled(layout, 2), 60, what="two files processed")
     finally:
         assert daemon.stop() == 0
-    assert_each_input_once(layout, ["a.png", "b.jpg"], [])
+    assert_each_input_once(layout, {"a.png": original, "b.jpg": b})
     a = cv2.imread(str(layout.outbox / "a_x3.png"), cv2.IMREAD_UNCHANGED)
     b = cv2.imread(str(layout.outbox / "b_x3.jpg"), cv2.IMREAD_UNCHANGED)
     assert a.shape == (120, 144, 3)
@@ -61,20 +66,20 @@ def test_rename_into_inbox_and_temp_names_ignored(layout: Layout) -> None:
     daemon = start(layout)
     try:
         part = layout.inbox / "c.png.part"
-        part.write_bytes(image_bytes(30, 30, seed=3))
+        c = drop(part, 30, 30, seed=3)
         hidden = layout.inbox / ".d.png"
-        hidden.write_bytes(image_bytes(30, 30, seed=4))
+        d = drop(hidden, 30, 30, seed=4)
         time.sleep(2.5)  # longer than settle_seconds: still not taken
         assert layout.files(layout.archive) == [] and part.exists() and hidden.exists()
         os.rename(part, layout.inbox / "c.png")
         outside = layout.root / "e.png"
-        make_image(outside, 20, 20, seed=5)
+        e = drop(outside, 20, 20, seed=5)
         os.rename(outside, layout.inbox / "e.png")
         wait_for(settled(layout, 2), 60, what="renamed files processed")
     finally:
         assert daemon.stop() == 0
-    hidden.unlink()
-    assert_each_input_once(layout, ["c.png", "e.png"], [])
+    # The hidden file is never taken: it stays in the inbox, untouched.
+    assert_each_input_once(layout, {"c.png": c, "e.png": e}, left_in_inbox={".d.png": d})
 
 
 def test_slow_writer_is_never_taken_half_written(layout: Layout) -> None:
@@ -90,28 +95,25 @@ def test_slow_writer_is_never_taken_half_written(layout: Layout) -> None:
         wait_for(settled(layout, 1), 60, what="slow file processed")
     finally:
         assert daemon.stop() == 0
-    assert_each_input_once(layout, ["slow.png"], [])
-    assert (layout.archive / "slow.png").read_bytes() == data
+    assert_each_input_once(layout, {"slow.png": data})
     assert cv2.imread(str(layout.outbox / "slow_x3.png")).shape == (192, 192, 3)
 
 
 def test_backlog_at_start_and_subfolders(layout: Layout) -> None:
     layout.inbox.mkdir(parents=True)
     (layout.inbox / "sub" / "deeper").mkdir(parents=True)
-    for i in range(5):
-        make_image(layout.inbox / f"old{i}.png", 24, 16, seed=10 + i)
-    make_image(layout.inbox / "sub" / "deeper" / "nested.png", 16, 16, seed=20)
+    done = {f"old{i}.png": drop(layout.inbox / f"old{i}.png", 24, 16, seed=10 + i) for i in range(5)}
+    done["sub/deeper/nested.png"] = drop(layout.inbox / "sub" / "deeper" / "nested.png", 16, 16, seed=20)
     daemon = start(layout, watch={"recursive": True})
     try:
         wait_for(settled(layout, 6), 60, what="backlog processed")
-        make_image(layout.root / "n2.png", 16, 16, seed=21)
+        done["sub/new/n2.png"] = drop(layout.root / "n2.png", 16, 16, seed=21)
         (layout.inbox / "sub" / "new").mkdir()
         os.rename(layout.root / "n2.png", layout.inbox / "sub" / "new" / "n2.png")
         wait_for(settled(layout, 7), 60, what="file in new sub-folder processed")
     finally:
         assert daemon.stop() == 0
-    done = [f"old{i}.png" for i in range(5)] + ["sub/deeper/nested.png", "sub/new/n2.png"]
-    assert_each_input_once(layout, done, [])
+    assert_each_input_once(layout, done)
 
 
 def test_bad_inputs_are_quarantined_with_reasons_while_good_files_flow(layout: Layout) -> None:
@@ -119,19 +121,19 @@ def test_bad_inputs_are_quarantined_with_reasons_while_good_files_flow(layout: L
     # A PNG whose header is fine but whose compressed pixel data is garbage.
     idat = good.index(b"IDAT")
     corrupt = good[: idat + 4] + bytes(b ^ 0x5A for b in good[idat + 4 : idat + 200]) + good[idat + 200 :]
+    done = {"good1.png": good, "good2.png": image_bytes(20, 30, seed=31)}
+    bad = {
+        "corrupt.png": corrupt, "notes.png": b"this is not an image\n", "empty.png": b"",
+        "truncated.png": good[: len(good) // 2],
+    }
     daemon = start(layout)
     try:
-        (layout.inbox / "good1.png").write_bytes(good)
-        (layout.inbox / "corrupt.png").write_bytes(corrupt)
-        (layout.inbox / "notes.png").write_text("this is not an image\n")
-        (layout.inbox / "empty.png").write_bytes(b"")
-        (layout.inbox / "truncated.png").write_bytes(good[: len(good) // 2])
-        (layout.inbox / "good2.png").write_bytes(image_bytes(20, 30, seed=31))
+        for name, data in [*done.items(), *bad.items()]:
+            (layout.inbox / name).write_bytes(data)
         wait_for(settled(layout, 6), 60, what="six files handled")
     finally:
         assert daemon.stop() == 0
-    bad = ["corrupt.png", "empty.png", "notes.png", "truncated.png"]
-    assert_each_input_once(layout, ["good1.png", "good2.png"], bad)
+    assert_each_input_once(layout, done, bad)
     reasons = {name: layout.reason(name) for name in bad}
     assert reasons["corrupt.png"]["reason"] == "corrupt"
     assert reasons["truncated.png"]["reason"] == "corrupt"
@@ -152,30 +154,30 @@ def _dispatched_pid(daemon: DaemonProcess, name: str, attempt: int) -> int:
 def test_worker_killed_mid_file_is_retried_then_succeeds(layout: Layout) -> None:
     daemon = start(layout, pool={"workers": 1})
     try:
-        make_image(layout.inbox / "big.png", 700, 700, seed=40)
+        big = drop(layout.inbox / "big.png", 700, 700, seed=40)
         wait_for(lambda: _dispatched_pid(daemon, "big.png", 1), 30, what="dispatch")
         os.kill(_dispatched_pid(daemon, "big.png", 1), signal.SIGKILL)
         wait_for(settled(layout, 1), 120, what="retry")
         assert daemon.proc.poll() is None, "the daemon must survive its worker"
-        make_image(layout.inbox / "after.png", 20, 20, seed=41)
+        after = drop(layout.inbox / "after.png", 20, 20, seed=41)
         wait_for(settled(layout, 2), 60, what="a file after the crash")
     finally:
         assert daemon.stop() == 0
-    assert_each_input_once(layout, ["after.png", "big.png"], [])
+    assert_each_input_once(layout, {"after.png": after, "big.png": big})
     assert re.search(r"worker-\d+ died \(signal SIGKILL \(9\)\) while processing big\.png \(attempt 1\)", daemon.log())
 
 
 def test_worker_killed_on_every_attempt_quarantines_the_file(layout: Layout) -> None:
     daemon = start(layout, pool={"workers": 1, "max_attempts": 2})
     try:
-        make_image(layout.inbox / "poison.png", 700, 700, seed=42)
+        poison = drop(layout.inbox / "poison.png", 700, 700, seed=42)
         for attempt in (1, 2):
             wait_for(lambda: _dispatched_pid(daemon, "poison.png", attempt), 60, what=f"dispatch {attempt}")
             os.kill(_dispatched_pid(daemon, "poison.png", attempt), signal.SIGKILL)
         wait_for(settled(layout, 1), 60, what="quarantine")
     finally:
         assert daemon.stop() == 0
-    assert_each_input_once(layout, [], ["poison.png"])
+    assert_each_input_once(layout, {}, {"poison.png": poison})
     record = layout.reason("poison.png")
     assert record["reason"] == "worker_crash"
     assert "SIGKILL" in record["message"] and record["attempts"] == 2
@@ -184,9 +186,9 @@ def test_worker_killed_on_every_attempt_quarantines_the_file(layout: Layout) -> 
 def test_daemon_killed_with_sigkill_and_restarted_loses_nothing(layout: Layout) -> None:
     daemon = start(layout, pool={"workers": 1})
     names = [f"k{i}.png" for i in range(4)]
-    make_image(layout.inbox / names[0], 600, 600, seed=50)
+    done = {names[0]: drop(layout.inbox / names[0], 600, 600, seed=50)}
     for i, name in enumerate(names[1:], 1):
-        make_image(layout.inbox / name, 32, 32, seed=50 + i)
+        done[name] = drop(layout.inbox / name, 32, 32, seed=50 + i)
     wait_for(lambda: "dispatched k0.png" in daemon.log(), 30, what="dispatch")
     workers = daemon.children()
     daemon.signal(signal.SIGKILL)
@@ -199,16 +201,16 @@ def test_daemon_killed_with_sigkill_and_restarted_loses_nothing(layout: Layout) 
         wait_for(settled(layout, 4), 120, what="all files after restart")
     finally:
         assert restarted.stop() == 0
-    assert_each_input_once(layout, names, [])
+    assert_each_input_once(layout, done)
     assert "taking k0.png again" in restarted.log()
 
 
 def test_sigterm_lets_the_file_in_progress_finish_and_keeps_the_rest_claimed(layout: Layout) -> None:
     daemon = start(layout, pool={"workers": 1, "queue_size": 4})
-    make_image(layout.inbox / "first.png", 500, 500, seed=60)
+    done = {"first.png": drop(layout.inbox / "first.png", 500, 500, seed=60)}
     wait_for(lambda: "dispatched first.png" in daemon.log(), 30, what="dispatch")
     for i in range(3):
-        make_image(layout.inbox / f"later{i}.png", 24, 24, seed=61 + i)
+        done[f"later{i}.png"] = drop(layout.inbox / f"later{i}.png", 24, 24, seed=61 + i)
     wait_for(lambda: not layout.files(layout.inbox), 10, what="later files claimed")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(60) == 0
@@ -220,13 +222,13 @@ def test_sigterm_lets_the_file_in_progress_finish_and_keeps_the_rest_claimed(lay
         wait_for(settled(layout, 4), 60, what="claimed files after restart")
     finally:
         assert again.stop() == 0
-    assert_each_input_once(layout, ["first.png"] + [f"later{i}.png" for i in range(3)], [])
+    assert_each_input_once(layout, done)
 
 
 def test_sighup_reloads_config_and_a_bad_config_is_refused(layout: Layout) -> None:
     daemon = start(layout)
     try:
-        make_image(layout.inbox / "before.png", 20, 20, seed=70)
+        before = drop(layout.inbox / "before.png", 20, 20, seed=70)
         wait_for(settled(layout, 1), 60, what="first file")
         text = daemon.config.read_text()
         daemon.config.write_text(text.replace("pool:", "pool:\n  bogus_key: 1"))
@@ -238,21 +240,22 @@ def test_sighup_reloads_config_and_a_bad_config_is_refused(layout: Layout) -> No
         daemon.config.write_text(new)
         daemon.signal(signal.SIGHUP)
         wait_for(lambda: "configuration reloaded" in daemon.log(), 60, what="reload")
-        make_image(layout.inbox / "after.png", 20, 20, seed=71)
+        after = drop(layout.inbox / "after.png", 20, 20, seed=71)
         wait_for(settled(layout, 2), 60, what="file after reload")
         assert daemon.proc.poll() is None
     finally:
         assert daemon.stop() == 0
     assert layout.files(layout.outbox) == ["after_big2.png", "before_x3.png"]
     assert cv2.imread(str(layout.outbox / "after_big2.png")).shape == (40, 40, 3)
-    assert layout.work_jobs() == [] and layout.files(layout.inbox) == []
+    assert_each_input_once(layout, [
+        Drop("before.png", before, size=(20, 20)), Drop("after.png", after, size=(20, 20), suffix="_big2"),
+    ])
 
 
 def test_a_burst_is_claimed_only_as_fast_as_the_queue_drains(layout: Layout) -> None:
     layout.inbox.mkdir(parents=True)
     total = 60
-    for i in range(total):
-        make_image(layout.inbox / f"burst{i:03d}.png", 12, 12, seed=i)
+    done = {f"burst{i:03d}.png": drop(layout.inbox / f"burst{i:03d}.png", 12, 12, seed=i) for i in range(total)}
     daemon = start(layout, pool={"workers": 1, "queue_size": 3})
     try:
         peak = 0
@@ -262,7 +265,7 @@ def test_a_burst_is_claimed_only_as_fast_as_the_queue_drains(layout: Layout) -> 
             time.sleep(0.02)
     finally:
         assert daemon.stop() == 0
-    assert_each_input_once(layout, [f"burst{i:03d}.png" for i in range(total)], [])
+    assert_each_input_once(layout, done)
     # queue_size waiting + one in the worker; never the whole burst at once.
     assert peak <= 3 + 1, peak
 
@@ -293,7 +296,7 @@ def test_systemd_notify_ready_status_watchdog_and_stopping(layout: Layout) -> No
         # READY=1 comes only once every worker holds its model.
         assert "srwatch ready" in daemon.log() and "2 worker(s)" in daemon.log()
         wait_for(lambda: drain() and "WATCHDOG=1" in "\n".join(received[ready_at:]), 10, what="WATCHDOG=1 after READY")
-        make_image(layout.inbox / "n.png", 20, 20, seed=80)
+        drop(layout.inbox / "n.png", 20, 20, seed=80)
         wait_for(settled(layout, 1), 60, what="file")
         wait_for(lambda: "1 done" in drain(), 10, what="STATUS with counts")
         assert re.search(r"STATUS=\d+/2 workers busy, \d+ queued", "\n".join(received))
