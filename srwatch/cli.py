@@ -1,4 +1,4 @@
-"""Command line: `srwatch run|once|upscale|check-config|eval|train|export`.
+"""Command line: `srwatch run|once|upscale|check-config|eval|train|export|bench`.
 
 Exit status: 0 success, 1 failure while running, 2 configuration or usage error.
 """
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="PSNR/SSIM table on Set5 for model files (see `srwatch eval -h`)", add_help=False)
     sub.add_parser("train", help="train an EDSR model (needs the [train] extra)", add_help=False)
     sub.add_parser("export", help="export a training checkpoint to .pb and .onnx", add_help=False)
+    sub.add_parser("bench", help="naive loop vs engine limit vs the daemon on the same files (see `srwatch bench -h`)", add_help=False)
     return ap
 
 
@@ -68,6 +69,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .train.export import main as export_main
 
         return export_main(argv[1:])
+    if argv and argv[0] == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("run", "once"):
