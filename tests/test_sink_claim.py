@@ -397,3 +397,18 @@ def test_settler_hands_out_links_and_fifos_at_once_without_opening_them(tmp_path
     s.note(link, "changed", 10.0)
     s.note(fifo, "changed", 10.0)
     assert sorted((c.path.name, c.kind) for c in s.ready(10.0)) == [("l.png", "link"), ("p.png", "other")]
+
+
+def test_settler_takes_a_renamed_in_file_quickly_but_waits_for_a_writer(tmp_path: Path) -> None:
+    """inotify: a creation without an open is a rename into place; with an open, a writer is at work."""
+    s = Settler(settle_seconds=2.0)
+    renamed, written = tmp_path / "renamed.png", tmp_path / "written.png"
+    renamed.write_bytes(b"complete")
+    written.write_bytes(b"part")
+    now = 500.0
+    s.note(renamed, "created", now)
+    s.note(written, "created", now)
+    s.note(written, "opened", now)
+    assert [c.path for c in s.ready(now + 0.5)] == [renamed]
+    assert s.ready(now + 1.5) == []  # the writer never closed it: only settle_seconds of quiet will do
+    assert [c.path for c in s.ready(now + 2.5)] == [written]
