@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--model", type=Path, help=f"model file (default: models/{DEFAULT_MODEL_NAME})")
     up.add_argument("--scale", type=int, help="scale, when the file name does not tell")
     up.add_argument("--algorithm", choices=["edsr", "espcn", "fsrcnn", "lapsrn"])
-    up.add_argument("--engine", choices=["opencv", "openvino", "onnxruntime"])
+    up.add_argument("--engine", choices=["auto", "opencv", "openvino", "onnxruntime"])
     up.add_argument("-c", "--config", type=Path, help="take model, tile and output settings from this config")
     up.add_argument("--threads", type=int, default=0, help="inference threads (default: all CPUs)")
 
@@ -132,7 +132,7 @@ def cmd_check_config(config: Path, load_model: bool) -> int:
         from .process import Processor
 
         processor = Processor(cfg, threads)
-        lines.append(f"  model              {cfg.model.path} (x{processor.scale}, engine {cfg.model.engine}: loaded and tested)")
+        lines.append(f"  model              {cfg.model.path} (x{processor.scale}, engine {processor.engine.name}: loaded and tested)")
     else:
         lines.append(f"  model              {cfg.model.path} (not loaded)")
     lines.append(f"  pool               {workers} worker(s) x {threads} thread(s)")

@@ -87,12 +87,20 @@ class Daemon:
 
     # -- bootstrap -----------------------------------------------------------------------
     def bootstrap(self) -> None:
-        """Folders, lock, recovered jobs, the watcher; the first generation of workers starts loading."""
-        check_model_file(self.cfg)  # before creating anything: a bad config changes nothing
+        """Check the config, start the first generation of workers loading; folders come once they hold the model.
+
+        Nothing is created or taken before the model has loaded: a config whose model does not
+        load (exit 2) leaves the folders as they were.
+        """
+        check_model_file(self.cfg)
+        prepare_folders(self.cfg, create=False)  # checks only
+        self.starting = self._start_generation(self.cfg, reload=False)
+
+    def _open_folders(self) -> None:
+        """Folders, lock, recovered jobs and the watcher: the daemon starts taking files."""
         prepare_folders(self.cfg)
         self._take_lock()
         self._recover()
-        self.starting = self._start_generation(self.cfg, reload=False)
         self.watcher = InboxWatcher(self.cfg.paths.inbox, self.cfg.watch, exclude=self._own_folders())
         if self.once:
             self.watcher.rescan()
@@ -207,6 +215,8 @@ class Daemon:
         if gen.reload:
             self._apply_config(gen.cfg)
             log.info("reloaded: new workers hold %s", gen.cfg.model.path.name)
+        elif self.watcher is None:
+            self._open_folders()
         workers, threads = gen.cfg.worker_layout()
         loads = [w.load_seconds for w in gen.workers if w.load_seconds is not None]
         log.info(

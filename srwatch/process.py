@@ -95,7 +95,7 @@ class Processor:
             "srwatch": __version__,
             "algorithm": self.engine.info.algorithm,
             "scale": self.engine.scale,
-            "engine": model.engine,
+            "engine": self.engine.name,
             "device": model.device,
             "output": self.cfg.output.model_dump(mode="json", exclude={"suffix"}),
             "tile": self.cfg.tile.model_dump(mode="json"),

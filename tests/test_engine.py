@@ -86,7 +86,7 @@ def test_unsupported_suffix_and_garbage_file(tmp_path: Path) -> None:
     garbage = tmp_path / "FSRCNN_x3.pb"
     garbage.write_bytes(b"this is not a TensorFlow graph" * 10)
     with pytest.raises(ModelLoadError, match="FSRCNN_x3.pb"):
-        load_engine(ModelConfig(path=garbage), OFF, 1)
+        load_engine(ModelConfig(engine="opencv", path=garbage), OFF, 1)
 
 
 # --- exact parity with cv2.dnn_superres ---------------------------------------------------------
@@ -95,7 +95,7 @@ def test_unsupported_suffix_and_garbage_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", UPSTREAM_MODELS)
 def test_opencv_engine_equals_dnn_superres(models_dir: Path, name: str, small_bgr: np.ndarray) -> None:
     path = upstream(models_dir, name)
-    engine = load_engine(ModelConfig(path=path), OFF, 1)
+    engine = load_engine(ModelConfig(engine="opencv", path=path), OFF, 1)
     expected = reference_upsample(path, small_bgr)
     out = engine.upscale(small_bgr)
     assert out.dtype == np.uint8 and out.shape == expected.shape
@@ -109,13 +109,13 @@ def test_opencv_engine_equals_dnn_superres(models_dir: Path, name: str, small_bg
 def test_grayscale_luma_model_equals_dnn_superres(models_dir: Path, small_bgr: np.ndarray) -> None:
     path = upstream(models_dir, "ESPCN_x3.pb")
     gray = cv2.cvtColor(small_bgr, cv2.COLOR_BGR2GRAY)
-    out = load_engine(ModelConfig(path=path), OFF, 1).upscale(gray)
+    out = load_engine(ModelConfig(engine="opencv", path=path), OFF, 1).upscale(gray)
     assert out.shape == (gray.shape[0] * 3, gray.shape[1] * 3)
     assert np.array_equal(out, reference_upsample(path, gray))
 
 
 def test_16bit_input_gives_16bit_output(models_dir: Path, small_bgr: np.ndarray) -> None:
-    engine = load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN_x2.pb")), OFF, 1)
+    engine = load_engine(ModelConfig(engine="opencv", path=upstream(models_dir, "FSRCNN_x2.pb")), OFF, 1)
     out16 = engine.upscale(small_bgr.astype(np.uint16) * 257)
     assert out16.dtype == np.uint16
     out8 = engine.upscale(small_bgr)
@@ -128,18 +128,18 @@ def test_16bit_input_gives_16bit_output(models_dir: Path, small_bgr: np.ndarray)
 
 def test_wrong_scale_is_a_load_error(models_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match="model.scale"):
-        load_engine(ModelConfig(path=upstream(models_dir, "LapSRN_x8.pb"), scale=4), OFF, 1)
+        load_engine(ModelConfig(engine="opencv", path=upstream(models_dir, "LapSRN_x8.pb"), scale=4), OFF, 1)
     with pytest.raises(ModelLoadError, match="model.scale"):
         load_engine(ModelConfig(path=upstream(models_dir, "ESPCN_x3.pb"), engine="openvino", scale=2), OFF, 1)
 
 
 def test_wrong_algorithm_is_a_load_error(models_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match="test forward"):
-        load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN_x3.pb"), algorithm="edsr"), OFF, 1)
+        load_engine(ModelConfig(engine="opencv", path=upstream(models_dir, "FSRCNN_x3.pb"), algorithm="edsr"), OFF, 1)
 
 
 def test_model_failure_on_an_input_is_a_model_error(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN_x2.pb")), OFF, 1)
+    engine = load_engine(ModelConfig(engine="opencv", path=upstream(models_dir, "FSRCNN_x2.pb")), OFF, 1)
 
     def broken(img: np.ndarray) -> np.ndarray:
         raise cv2.error("out of memory")
@@ -153,9 +153,9 @@ def test_unavailable_device_and_precision_are_load_errors(models_dir: Path) -> N
     path = upstream(models_dir, "FSRCNN_x2.pb")
     if cv2.cuda.getCudaEnabledDeviceCount() == 0:
         with pytest.raises(ModelLoadError, match="cuda"):
-            load_engine(ModelConfig(path=path, device="cuda"), OFF, 1)
+            load_engine(ModelConfig(engine="opencv", path=path, device="cuda"), OFF, 1)
     with pytest.raises(ModelLoadError, match="openvino"):
-        load_engine(ModelConfig(path=path, precision="bf16"), OFF, 1)
+        load_engine(ModelConfig(engine="opencv", path=path, precision="bf16"), OFF, 1)
     with pytest.raises(ModelLoadError, match="convert it to ONNX"):
         load_engine(ModelConfig(path=path, engine="onnxruntime"), OFF, 1)
 
@@ -177,7 +177,7 @@ def test_missing_runtime_package_is_a_clear_load_error(
 def test_openvino_matches_opencv(models_dir: Path, name: str, small_bgr: np.ndarray) -> None:
     pytest.importorskip("openvino")
     path = upstream(models_dir, name)
-    reference = load_engine(ModelConfig(path=path), OFF, 1).upscale(small_bgr)
+    reference = load_engine(ModelConfig(engine="opencv", path=path), OFF, 1).upscale(small_bgr)
     out = load_engine(ModelConfig(path=path, engine="openvino"), OFF, 2).upscale(small_bgr)
     assert out.shape == reference.shape
     assert psnr(out, reference) >= 45.0
@@ -186,7 +186,7 @@ def test_openvino_matches_opencv(models_dir: Path, name: str, small_bgr: np.ndar
 def test_openvino_bf16_is_an_option(models_dir: Path, small_bgr: np.ndarray) -> None:
     pytest.importorskip("openvino")
     path = upstream(models_dir, "FSRCNN_x3.pb")
-    reference = load_engine(ModelConfig(path=path), OFF, 1).upscale(small_bgr)
+    reference = load_engine(ModelConfig(engine="opencv", path=path), OFF, 1).upscale(small_bgr)
     out = load_engine(ModelConfig(path=path, engine="openvino", precision="bf16"), OFF, 2).upscale(small_bgr)
     assert psnr(out, reference) >= 45.0
 
@@ -215,7 +215,7 @@ def test_exported_edsr_pb_and_onnx_agree(tmp_path: Path, small_bgr: np.ndarray) 
 
     torch.manual_seed(0)
     pb, onnx_path = export.export_all(EDSR(EDSRSpec(scale=2, blocks=2, filters=8)), tmp_path, "EDSR-srwatch_x2")
-    engine = load_engine(ModelConfig(path=pb), OFF, 1)
+    engine = load_engine(ModelConfig(engine="opencv", path=pb), OFF, 1)
     reference = engine.upscale(small_bgr)
     assert np.array_equal(reference, reference_upsample_edsr(pb, small_bgr))
     assert np.array_equal(Engine.upscale_whole(engine, small_bgr), reference)  # our EDSR stages
@@ -236,8 +236,8 @@ def reference_upsample_edsr(path: Path, img: np.ndarray) -> np.ndarray:
 
 def test_auto_tile_size_follows_the_widest_layer(models_dir: Path) -> None:
     tile = TileConfig(size="auto", max_memory_mb=64, overlap=8)
-    small = load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN-small_x3.pb")), tile, 1)
-    big = load_engine(ModelConfig(path=upstream(models_dir, "LapSRN_x8.pb")), tile, 1)
+    small = load_engine(ModelConfig(engine="opencv", path=upstream(models_dir, "FSRCNN-small_x3.pb")), tile, 1)
+    big = load_engine(ModelConfig(engine="opencv", path=upstream(models_dir, "LapSRN_x8.pb")), tile, 1)
     assert small.widest_layer() == pytest.approx(32.0)  # FSRCNN-small: 32 filters at input size
     assert big.widest_layer() == pytest.approx(64.0 * 16)  # LapSRN: 64 filters at 4x4 the input size
     assert big.tile_size is not None and small.tile_size is not None
@@ -260,7 +260,7 @@ def test_tiled_engines_agree(tmp_path: Path, kind: str, scale: int, small_bgr: n
     tile = TileConfig(size=16, overlap=4)
     outs = {name: load_engine(ModelConfig(path=path, engine=name), tile, 2).upscale(small_bgr)
             for name in ("opencv", "openvino", "onnxruntime")}
-    whole = load_engine(ModelConfig(path=path), OFF, 1).upscale(small_bgr)
+    whole = load_engine(ModelConfig(engine="opencv", path=path), OFF, 1).upscale(small_bgr)
     assert outs["opencv"].shape == whole.shape
     assert psnr(outs["opencv"], whole) >= 45.0
     assert psnr(outs["openvino"], outs["opencv"]) >= 45.0
@@ -271,7 +271,7 @@ def test_upscale_into_a_given_array(models_dir: Path, small_bgr: np.ndarray) -> 
     path = upstream(models_dir, "FSRCNN_x2.pb")
     expected = reference_upsample(path, small_bgr)
     for tile in (OFF, TileConfig(size=16, overlap=4)):
-        engine = load_engine(ModelConfig(path=path), tile, 1)
+        engine = load_engine(ModelConfig(engine="opencv", path=path), tile, 1)
         rgba = np.zeros(expected.shape[:2] + (4,), np.uint8)
         assert engine.upscale(small_bgr, out=rgba[..., :3]) is not None
         if tile is OFF:
@@ -284,7 +284,7 @@ def test_upscale_into_a_given_array(models_dir: Path, small_bgr: np.ndarray) -> 
 
 
 def test_a_tile_failure_is_a_model_error(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN_x2.pb")), TileConfig(size=16, overlap=4), 1)
+    engine = load_engine(ModelConfig(engine="opencv", path=upstream(models_dir, "FSRCNN_x2.pb")), TileConfig(size=16, overlap=4), 1)
 
     def broken(window: np.ndarray, win: tiling.TileWindow, region: np.ndarray) -> None:
         raise cv2.error("out of memory")
@@ -295,7 +295,7 @@ def test_a_tile_failure_is_a_model_error(models_dir: Path, monkeypatch: pytest.M
 
 
 def test_a_forward_of_the_wrong_scale_is_a_model_error(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = load_engine(ModelConfig(path=upstream(models_dir, "ESPCN_x3.pb")), TileConfig(size=16, overlap=4), 1)
+    engine = load_engine(ModelConfig(engine="opencv", path=upstream(models_dir, "ESPCN_x3.pb")), TileConfig(size=16, overlap=4), 1)
     monkeypatch.setattr(engine, "forward", lambda blob: np.zeros(blob.shape[:2] + (blob.shape[2] * 2, blob.shape[3] * 2), np.float32))
     with pytest.raises(ModelError, match=r"not x3 \(it looks like x2\)"):
         engine.upscale(np.zeros((40, 40, 3), np.uint16))
@@ -303,9 +303,23 @@ def test_a_forward_of_the_wrong_scale_is_a_model_error(models_dir: Path, monkeyp
 
 def test_pipeline_memory_figure_follows_the_path(tmp_path: Path, models_dir: Path) -> None:
     """dnn_superres' own upsample (8-bit .pb on opencv) holds more per pixel than the staged stages."""
-    pb = load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN_x3.pb")), OFF, 1)
+    pb = load_engine(ModelConfig(engine="opencv", path=upstream(models_dir, "FSRCNN_x3.pb")), OFF, 1)
     onnx_path = build_onnx_model(tmp_path / "m_x3.onnx", "y", 3, {"srwatch.algorithm": "fsrcnn"})
-    staged = load_engine(ModelConfig(path=onnx_path), OFF, 1)
+    staged = load_engine(ModelConfig(engine="opencv", path=onnx_path), OFF, 1)
     assert pb.pipeline_bytes_per_output_pixel == DNN_SUPERRES_BYTES_PER_OUTPUT_PIXEL
     assert staged.pipeline_bytes_per_output_pixel == PIPELINE_BYTES_PER_OUTPUT_PIXEL
     assert PIPELINE_BYTES_PER_OUTPUT_PIXEL < DNN_SUPERRES_BYTES_PER_OUTPUT_PIXEL
+
+
+def test_engine_auto_is_openvino_when_installed_else_opencv(monkeypatch) -> None:
+    from srwatch.config import resolve_engine
+
+    pytest.importorskip("openvino")
+    assert resolve_engine(ModelConfig(path=Path("m.onnx"))) == "openvino"
+    assert resolve_engine(ModelConfig(path=Path("m.onnx"), engine="opencv")) == "opencv"
+    assert resolve_engine(ModelConfig(path=Path("m.onnx"), device="cuda")) == "opencv"
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    assert resolve_engine(ModelConfig(path=Path("m.onnx"))) == "opencv"

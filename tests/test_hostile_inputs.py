@@ -45,11 +45,11 @@ _collect(JobError)
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory: pytest.TempPathFactory) -> Processor:
-    """The daemon's default configuration: default model, opencv engine, tile auto, default limits."""
+    """The daemon's default configuration: default model, engine auto, tile auto, default limits."""
     root = tmp_path_factory.mktemp("hostile")
     paths = {name: str(root / name) for name in ("inbox", "outbox", "quarantine", "archive")}
     cfg = Config.model_validate({"paths": paths, "model": {"path": str(DEFAULT_MODEL)}})
-    assert cfg.model.engine == "opencv" and cfg.tile.size == "auto"
+    assert cfg.model.engine == "auto" and cfg.tile.size == "auto"
     return Processor(cfg, threads=1)
 
 

@@ -74,8 +74,8 @@ def seam_band(shape: tuple[int, int], windows: list[tiling.TileWindow], width: i
 def test_tiled_matches_whole_without_seams(models_dir: Path, name: str) -> None:
     path = require(models_dir / name)
     img = np.ascontiguousarray(set5("bird")[:112, :100])
-    whole = load_engine(ModelConfig(path=path), TileConfig(size="off"), 2).upscale(img)
-    tiled_engine = load_engine(ModelConfig(path=path), TileConfig(size=40, overlap=12), 2)
+    whole = load_engine(ModelConfig(engine="opencv", path=path), TileConfig(size="off"), 2).upscale(img)
+    tiled_engine = load_engine(ModelConfig(engine="opencv", path=path), TileConfig(size=40, overlap=12), 2)
     tiled = tiled_engine.upscale(img)
     assert tiled.shape == whole.shape
     assert psnr(tiled, whole) >= 45.0
@@ -157,7 +157,7 @@ def test_core_only_stages_equal_cropping_the_whole_tile(tmp_path: Path, models_d
     else:
         path = tiny_models(tmp_path)[kind]
     tile_cfg = TileConfig(size=24, overlap=6)
-    engine = load_engine(ModelConfig(path=path), tile_cfg, 2)
+    engine = load_engine(ModelConfig(engine="opencv", path=path), tile_cfg, 2)
     for name, img in staged_inputs().items():
         if kind == "pb16" and img.dtype != np.uint16:
             continue
@@ -182,7 +182,7 @@ def test_tiled_assembly_holds_nothing_of_output_size_but_the_result(tmp_path: Pa
     except OSError:
         pytest.skip("peak RSS cannot be reset here")
     for kind, path in tiny_models(tmp_path).items():
-        engine = load_engine(ModelConfig(path=path), TileConfig(size=64, overlap=8), 1)
+        engine = load_engine(ModelConfig(engine="opencv", path=path), TileConfig(size=64, overlap=8), 1)
         img = np.ascontiguousarray(np.tile(set5("bird"), (4, 3, 1))[:1000, :700])
         engine.upscale(img[:200, :200])  # the tile shape's buffers exist before measuring
         before = rss_status("VmRSS")

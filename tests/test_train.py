@@ -45,7 +45,7 @@ def test_tiny_training_resumes_exactly_and_exports_for_the_engine(tmp_path: Path
     img = cv2.imread(str(SET5 / "baby.png"))[:37, :53]
     outs = []
     for path in (pb, onnx_path):
-        engine = load_engine(ModelConfig(path=path), TileConfig(size="off"), threads=1)
+        engine = load_engine(ModelConfig(engine="opencv", path=path), TileConfig(size="off"), threads=1)
         out = engine.upscale(img)
         assert engine.scale == 3
         assert out.shape == (111, 159, 3) and out.dtype == np.uint8
@@ -69,7 +69,7 @@ def test_shipped_model_loads_in_both_formats_agrees_and_beats_bicubic(stem: Path
     hr, lr = load_hr_lr(require(SET5 / "butterfly.png"), scale)  # RGB
     results = []
     for path in (pb, onnx_path):
-        engine = load_engine(ModelConfig(path=path), TileConfig(size="off"), threads=2)
+        engine = load_engine(ModelConfig(engine="opencv", path=path), TileConfig(size="off"), threads=2)
         results.append(engine.upscale(np.ascontiguousarray(lr[:, :, ::-1]))[:, :, ::-1])  # BGR in, RGB back
     assert psnr(results[0].astype(np.float64), results[1].astype(np.float64)) >= 45, "export parity"
     h, w = lr.shape[:2]

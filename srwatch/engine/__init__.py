@@ -3,15 +3,16 @@
     engine = load_engine(cfg.model, cfg.tile, threads)   # raises ModelLoadError
     out = engine.upscale(bgr)                             # uint8/uint16, scale x the size
 
-``model.engine`` picks the runtime: ``opencv`` (default; cv2.dnn_superres / cv2.dnn),
-``openvino`` or ``onnxruntime`` (optional extras, imported only when chosen).
+``model.engine`` picks the runtime: ``auto`` (default: openvino when installed, else opencv),
+``opencv`` (cv2.dnn_superres / cv2.dnn), ``openvino`` or ``onnxruntime`` (optional extras,
+imported only when chosen).
 """
 from __future__ import annotations
 
 import logging
 from typing import Callable
 
-from ..config import ModelConfig, TileConfig
+from ..config import ModelConfig, TileConfig, resolve_engine
 from ..errors import ModelLoadError
 from .base import Engine
 from .models import ALGORITHMS, ModelInfo, resolve_model
@@ -47,7 +48,7 @@ def load_engine(model_cfg: ModelConfig, tile_cfg: TileConfig, threads: int) -> E
     upscale by the model's scale.
     """
     info = resolve_model(model_cfg)
-    engine = _loader(model_cfg.engine)(info, model_cfg, tile_cfg, threads)
+    engine = _loader(resolve_engine(model_cfg))(info, model_cfg, tile_cfg, threads)
     engine.finish_load()
     log.info(
         "loaded %s (%s x%d, %s) with %s, %d thread(s), tile %s",

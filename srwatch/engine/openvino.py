@@ -7,12 +7,14 @@ models are kept per input shape in a small LRU cache, since tiles mostly share o
 
 Precision (``model.precision``) is f32 by default. bf16 (AMX on recent Xeons) is faster, up to
 3.5x on LapSRN_x8, and measured 46.0 to 58 dB against f32 on 8-bit output of the upstream models;
-it is an option, not the default.
+it is an option, not the default. int8 reads the post-training quantized IR ``<stem>-int8.xml``
+beside the model file (``python -m srwatch.quantize``; models/README.md), its float parts in f32.
 """
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -74,19 +76,27 @@ class OpenVINOEngine(Engine):
         ov = _import_openvino()
         self.device = _device_name(device)
         self.core = ov.Core()
+        self.model_path = int8_model_path(info.path) if precision == "int8" else info.path
+        if not self.model_path.is_file():
+            raise ModelLoadError(
+                f"model.precision: int8 needs {self.model_path.name} beside {info.path.name}, and there is "
+                f"none in {info.path.parent} (python -m srwatch.quantize makes it; or use f32 or bf16)"
+            )
         try:
-            self.model = self.core.read_model(str(info.path))
+            self.model = self.core.read_model(str(self.model_path))
         except Exception as exc:  # openvino raises RuntimeError/OVError with long messages
-            raise ModelLoadError(f"OpenVINO cannot read {info.path.name}: {_first_line(exc)}") from None
+            raise ModelLoadError(f"OpenVINO cannot read {self.model_path.name}: {_first_line(exc)}") from None
         if self.device not in self.core.available_devices:
             raise ModelLoadError(f"model.device: OpenVINO has no {self.device} device here ({self.core.available_devices})")
         self.nhwc = _input_is_nhwc(self.model, info.format)
         self.config = {
             "INFERENCE_NUM_THREADS": self.threads,
-            "INFERENCE_PRECISION_HINT": precision,  # f32 unless model.precision says bf16
+            # f32 unless model.precision says bf16; an int8 IR keeps its float parts (bias, adds) f32.
+            "INFERENCE_PRECISION_HINT": "f32" if precision == "int8" else precision,
             "PERFORMANCE_HINT": "LATENCY",  # one request at a time per worker
         }
         self._compiled: "OrderedDict[tuple[int, ...], tuple[Any, Any]]" = OrderedDict()
+        self._dynamic: Any = None  # the dynamic-size compiled model; False if the graph refuses
 
     def input_shape(self, blob: np.ndarray) -> tuple[int, ...]:
         """The model's input shape for an NCHW blob (NHWC graphs get the transposed shape)."""
@@ -94,7 +104,18 @@ class OpenVINOEngine(Engine):
         return (n, h, w, c) if self.nhwc else (n, c, h, w)
 
     def compiled_for(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
-        """(compiled model, output port) for an input shape, compiled on first use and cached."""
+        """(compiled model, output port or None) for an input shape.
+
+        One compile with dynamic height and width serves every input size: compiling per
+        shape cost 0.1-0.2 s per distinct image size (mixed photo sizes recompiled for every
+        file; measured 3x slower end to end on the default model), while the dynamic model
+        runs within a few percent of a static one. Graphs that cannot take dynamic
+        dimensions fall back to one compile per shape (small LRU cache).
+        """
+        if self._dynamic is None:
+            self._dynamic = self._compile_dynamic()
+        if self._dynamic is not False:
+            return self._dynamic, None
         if shape in self._compiled:
             self._compiled.move_to_end(shape)
             return self._compiled[shape]
@@ -105,6 +126,19 @@ class OpenVINOEngine(Engine):
         if len(self._compiled) > COMPILED_CACHE_SIZE:
             self._compiled.popitem(last=False)
         return entry
+
+    def _compile_dynamic(self) -> Any:
+        """The model compiled with dynamic height and width, or False if this graph cannot be."""
+        ov = _import_openvino()
+        channels = 1 if self.info.luma_only else 3
+        dims = [1, -1, -1, channels] if self.nhwc else [1, channels, -1, -1]
+        try:
+            self.model.reshape({self.model.inputs[0]: ov.PartialShape(dims)})
+            return self.core.compile_model(self.model, self.device, self.config)
+        except Exception as exc:  # noqa: BLE001 - a graph with fixed-size ops: compile per shape instead
+            log.info("%s cannot run with dynamic input sizes (%s); compiling per input size",
+                     self.info.path.name, _first_line(exc))
+            return False
 
     def _pick_output(self, compiled: Any, shape: tuple[int, ...]) -> Any:
         """The output at ``scale`` x the input size (LapSRN graphs also output the 2x/4x levels)."""
@@ -122,14 +156,27 @@ class OpenVINOEngine(Engine):
         """Run on an NCHW blob; returns NCHW float32."""
         compiled, output = self.compiled_for(self.input_shape(blob))
         feed = np.ascontiguousarray(blob.transpose(0, 2, 3, 1)) if self.nhwc else blob
-        result = compiled({0: feed})[output]
-        return _to_nchw(np.asarray(result), blob.shape[2] * self.scale, blob.shape[3] * self.scale)
+        height, width = blob.shape[2] * self.scale, blob.shape[3] * self.scale
+        results = compiled({0: feed})
+        if output is not None:
+            return _to_nchw(np.asarray(results[output]), height, width)
+        return _to_nchw(self._final_output(compiled, results, height, width), height, width)
+
+    def _final_output(self, compiled: Any, results: Any, height: int, width: int) -> np.ndarray:
+        """The output at ``scale`` x the input size (LapSRN graphs also output the 2x/4x levels)."""
+        matching = [out for out in compiled.outputs if _spatial_matches(tuple(results[out].shape), (height, width))]
+        if not matching:
+            shapes = [tuple(results[out].shape) for out in compiled.outputs]
+            raise RuntimeError(f"no output is x{self.scale} of the input (outputs {shapes})")
+        # Upstream graphs name their final output NCHW_output; prefer it over a same-size level.
+        named = [out for out in matching if any(n.split(":")[0] == "NCHW_output" for n in out.get_names())]
+        return np.asarray(results[(named or matching)[0]])
 
     def widest_layer(self) -> Optional[float]:
         """From the graph: every op's output shape after a reshape to 16x16."""
         side = 16
         channels = 1 if self.info.luma_only else 3
-        model = self.model  # compiled_for() reshapes it again before every compile
+        model = self.model  # compiled_for() reshapes it again before it compiles
         shape = [1, side, side, channels] if self.nhwc else [1, channels, side, side]
         try:
             model.reshape({model.inputs[0]: shape})
@@ -145,6 +192,11 @@ class OpenVINOEngine(Engine):
                 if pshape.is_static:
                     widest = max(widest, int(np.prod([d.get_length() for d in pshape])))
         return widest / float(side * side) if widest else None
+
+
+def int8_model_path(path: Path) -> Path:
+    """The quantized IR shipped beside a model file: models/EDSR-srwatch_x3.onnx -> .../EDSR-srwatch_x3-int8.xml."""
+    return path.with_name(f"{path.stem}-int8.xml")
 
 
 def _spatial_matches(shape: tuple[int, ...], size: tuple[int, int]) -> bool:
