@@ -293,6 +293,47 @@ def run_daemon(model: BenchModel, files: list[Path], root: Path, overrides: Opti
     return figures
 
 
+def run_backlog(model: BenchModel, count: int, root: Path) -> dict:
+    """`count` small files already in the inbox when the daemon starts: seconds from start to the first output."""
+    import cv2
+    import numpy as np
+    import yaml
+
+    for name in ("inbox", "outbox", "archive", "quarantine"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    ok, png = cv2.imencode(".png", rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    assert ok
+    data = png.tobytes()
+    old = time.time() - 3600  # written an hour ago: a backlog, not files being written
+    for i in range(count):
+        path = root / "inbox" / f"backlog-{i:05d}.png"
+        path.write_bytes(data)
+        os.utime(path, (old, old))
+    raw = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    raw["paths"] = {**raw["paths"], **{k: str(root / k) for k in ("inbox", "outbox", "archive", "quarantine")}}
+    raw["paths"]["work"] = str(root / ".work")
+    raw["model"] = {**raw["model"], "path": str(model.path)}
+    config = root / "srwatch.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    log_path = root / "daemon.log"
+    started = time.time()
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "srwatch.cli", "run", "-c", str(config)],
+                                stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        _wait(lambda: any(e.name.endswith(".png") for e in os.scandir(root / "outbox")) or proc.poll() is not None, 600)
+        first = time.time() - started
+        ready = re.search(r"loaded in ([\d.]+) s", log_path.read_text(errors="replace"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return {"files": count, "first_output_s": first, "model_load_s": float(ready.group(1)) if ready else None}
+
+
 def _watch_outbox(outbox: Path, expected: dict[str, int], seen: dict[str, float]) -> None:
     """Record when each expected output first appears (every 5 ms)."""
     while len(seen) < len(expected):
@@ -487,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", default="openvino,opencv", help="engines tried for the engine limit")
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.add_argument("--max-files", type=int, default=0, help="at most this many files per workload (a quick look)")
+    p.add_argument("--backlog", type=int, default=10000,
+                   help="also time the first output with this many files waiting at start (0: skip)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config key for the srwatch contender (YAML value), e.g. pool.workers=1")
     return p
@@ -516,14 +559,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if args.max_files:
                     workload = Workload(workload.name, workload.sizes[: args.max_files])
                 cases.append(run_case(model, workload, engines, tmp, args.contenders.split(","), _overrides(args.set)))
+        backlog = None
+        if args.backlog:
+            backlog = run_backlog(resolve_models(["default"], tmp)[0], args.backlog, tmp / "backlog")
+            print(f"  backlog of {args.backlog} files: first output {backlog['first_output_s']:.2f} s after start "
+                  f"(model loaded in {backlog['model_load_s']} s)", file=sys.stderr, flush=True)
     report = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": sys.version.split()[0]},
         "overrides": args.set,
+        "backlog": backlog,
         "cases": [{**asdict(c), "ratios": c.ratios() if "srwatch" in c.results else {}} for c in cases],
     }
     (args.out / "bench.json").write_text(json.dumps(report, indent=1))
     chart(cases, args.out / "bench.png")
     print(table(cases))
+    if backlog:
+        print(f"\nbacklog: {backlog['files']} files waiting at start -> first output after "
+              f"{backlog['first_output_s']:.2f} s (model load {backlog['model_load_s']} s)")
     return 0
 
 
