@@ -285,7 +285,9 @@ class DaemonProcess:
             return
         if self.proc.poll() is None:
             try:
-                os.kill(self.proc.pid, signal.SIGCONT)  # in case a test stopped it
+                # A test may have frozen it or its workers (SIGSTOP): a frozen worker cannot finish.
+                stop_processes([self.proc.pid, *(p for p in self._workers_seen | set(self.children())
+                                                 if _is_our_worker(p))], signal.SIGCONT)
                 self.stop(timeout=40)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
@@ -479,7 +481,7 @@ def place(inbox: Path, drop: Drop, staging: Optional[Path] = None) -> Drop:
     elif drop.kind == "fifo":
         os.mkfifo(path)
     elif drop.kind == "dir":
-        path.mkdir()
+        path.mkdir(exist_ok=True)
     elif drop.kind == "socket":
         _make_socket(path)
     else:

@@ -1,7 +1,6 @@
 """Config validation: clear messages naming the key, exit status 2, before anything starts."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys

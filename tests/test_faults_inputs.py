@@ -31,6 +31,7 @@ from daemon_harness import (
     quarantine_records,
     require_model,
     running,
+    stop_processes,
     wait_finished,
     wait_for,
 )
@@ -147,7 +148,7 @@ def test_hostile_inputs_each_end_in_exactly_one_place(layout: Layout, tmp_path: 
         vanish = layout.inbox / "vanish.png"  # seen, then gone before it settles
         vanish.write_bytes(image_bytes(10, 10, seed=21))
         vanish.unlink()
-        wait_finished(layout, leaving(drops), 240, [daemon], "hostile inputs")
+        wait_finished(layout, leaving(drops), 120, [daemon], "hostile inputs")
         daemon.assert_alive("after the hostile inputs")
         log = daemon.log()
     no_worker_crash(log)
@@ -315,34 +316,39 @@ def test_output_mode_sets_result_permissions(layout: Layout, fault_report) -> No
 
 # -- rewritten after it settled -------------------------------------------------------------------
 def test_file_rewritten_in_place_after_settling_is_never_taken_mid_write(layout: Layout, fault_report) -> None:
-    """The file settles and waits behind a backlog; the daemon is stopped (SIGSTOP) while the
-    writer starts rewriting it in place with a bigger picture, then continued while the writer
-    goes on slowly. srwatch must take the final content, never a half-written one."""
-    backlog = [file_drop("big.png", 500, 500, seed=80)] + [file_drop(f"backlog{i}.png", 300, 300, seed=81 + i) for i in range(4)]
+    """The file settles and waits for room in the queue (the only worker is frozen, the queue
+    full). The daemon is frozen while the writer starts rewriting the file in place with a
+    bigger picture, then continued; room appears (the worker is continued) while the writer
+    is still writing. srwatch must take the final content, never a half-written one."""
+    blockers = [file_drop("blocker1.png", 30, 30, seed=80), file_drop("blocker2.png", 30, 30, seed=81)]
     first = image_bytes(20, 20, seed=89)
     final = Drop("rewritten.png", image_bytes(90, 70, seed=90), size=(90, 70))
     target = layout.inbox / final.rel
     with running(layout, watch=FAST_WATCH, pool={"workers": 1, "queue_size": 1}) as daemon:
-        for drop in backlog:
-            place(layout.inbox, drop, layout.root / "staging")
-        # One file in the worker (big.png: seconds of work) and one queued: the queue is full.
-        wait_for(lambda: len(entries(layout.inbox)) <= len(backlog) - 2, 30, 0.02, "the queue filled")
-        target.write_bytes(first)
-        time.sleep(1.2)  # it settles, and waits for room in the queue
-        assert os.path.lexists(target), "the backlog must keep the file waiting (make the backlog bigger)"
-        daemon.signal(signal.SIGSTOP)
+        workers = daemon.workers()
+        stop_processes(workers)  # holds blocker1; blocker2 fills the queue
         try:
+            for drop in blockers:
+                place(layout.inbox, drop, layout.root / "staging")
+            wait_for(lambda: not entries(layout.inbox), 30, 0.02, "both blockers claimed")
+            target.write_bytes(first)
+            time.sleep(1.2)  # it settles, and waits for room in the queue
+            assert os.path.lexists(target), "the file must be waiting in the inbox"
+            chunks = [final.data[i : i + 1500] for i in range(0, len(final.data), 1500)]
             with open(target, "r+b") as fh:
-                fh.truncate(0)
-                chunks = [final.data[i : i + 1500] for i in range(0, len(final.data), 1500)]
-                fh.write(chunks[0])
-                fh.flush()
-                daemon.signal(signal.SIGCONT)
+                daemon.signal(signal.SIGSTOP)
+                try:
+                    fh.truncate(0)
+                    fh.write(chunks[0])
+                    fh.flush()
+                finally:
+                    daemon.signal(signal.SIGCONT)
+                stop_processes(workers, signal.SIGCONT)  # room in the queue, mid-write
                 for chunk in chunks[1:]:
                     time.sleep(0.2)  # slower than nothing, faster than settle_seconds
                     fh.write(chunk)
                     fh.flush()
         finally:
-            daemon.signal(signal.SIGCONT)
-        wait_finished(layout, len(backlog) + 1, 120, [daemon], "backlog and the rewritten file")
-    check_and_report(fault_report, "file rewritten in place after settling", layout, backlog + [final])
+            stop_processes(workers, signal.SIGCONT)
+        wait_finished(layout, len(blockers) + 1, 60, [daemon], "the blockers and the rewritten file")
+    check_and_report(fault_report, "file rewritten in place after settling", layout, blockers + [final])

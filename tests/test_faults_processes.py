@@ -291,8 +291,7 @@ def test_sigterm_during_a_reload_exits_promptly(layout: Layout, tmp_path: Path) 
         daemon.start()
         old = set(daemon.workers())
         flag.touch()  # the next workers load slowly
-        config.write_text(config.read_text().replace(str(layout.root / "x"), "x").replace(
-            "EDSR-srwatch_x3.pb", x2.name))
+        config.write_text(config.read_text().replace("EDSR-srwatch_x3.pb", x2.name))  # a new model: new workers
         daemon.signal(signal.SIGHUP)
         wait_for(lambda: len(set(daemon.workers()) - old) >= 2, 30, 0.05, "new workers for the reload")
         time.sleep(1.0)
