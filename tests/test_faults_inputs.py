@@ -80,7 +80,13 @@ def name_and_kind_drops(tmp_path: Path) -> tuple[list[Drop], dict[Path, tuple]]:
     (folder / "inner.png").write_bytes(image_bytes(12, 12, seed=91))
     hard_source = outside / "hard-source.png"
     hard_source.write_bytes(image_bytes(14, 14, seed=92))
-    secret = Path("/etc/shadow") if Path("/etc/shadow").exists() else Path("/etc/passwd")
+    # The inbox is not recursive here: claiming renames the link itself, whatever it points to,
+    # so a real secret is safe to point at. (Folder links point at decoys only.)
+    secret = Path("/etc/shadow")
+    if not secret.is_file():
+        secret = outside / "shadow"
+        secret.write_bytes(b"root:*:19000:0:99999:7:::\n")
+        secret.chmod(0o600)
     targets = {p: snapshot(p) for p in (private, folder, hard_source, secret)}
     good = [
         file_drop("my photo 1.png", seed=1),
@@ -164,16 +170,22 @@ def test_hostile_inputs_each_end_in_exactly_one_place(layout: Layout, tmp_path: 
 
 def test_symlinked_folders_in_a_recursive_inbox_are_never_descended(layout: Layout, tmp_path: Path,
                                                                     fault_report) -> None:
+    # Link targets are decoys under tmp_path, never a system folder: a daemon that descends a
+    # linked folder claims (moves) every file in it.
     outside = tmp_path / "outside"
     (outside / "deep").mkdir(parents=True)
     (outside / "deep" / "img.png").write_bytes(image_bytes(12, 12, seed=30))
     private = outside / "private.png"
     private.write_bytes(image_bytes(12, 12, seed=31))
     private.chmod(0o600)
-    before = snapshot(outside)
+    system_like = tmp_path / "etc"
+    (system_like / "ssl").mkdir(parents=True)
+    (system_like / "passwd").write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    (system_like / "ssl" / "openssl.cnf").write_bytes(b"[ req ]\n")
+    before = snapshot(outside), snapshot(system_like)
     drops = [
         Drop("linked-folder", kind="link", target=str(outside), expect="link"),
-        Drop("real/etc-link", kind="link", target="/etc", expect="link"),
+        Drop("real/etc-link", kind="link", target=str(system_like), expect="link"),
         Drop("real/private.png", kind="link", target=str(private), expect="link"),
         file_drop("real/sub/ok.png", seed=32),
         file_drop("top.png", seed=33),
@@ -185,7 +197,8 @@ def test_symlinked_folders_in_a_recursive_inbox_are_never_descended(layout: Layo
         time.sleep(1.0)  # a daemon that descends the links would take their files now
         daemon.assert_alive()
     check_and_report(fault_report, "recursive inbox with symlinked folders", layout, drops)
-    assert snapshot(outside) == before, "a symlinked folder in the inbox was descended: its files were moved"
+    assert (snapshot(outside), snapshot(system_like)) == before, (
+        "a symlinked folder in the inbox was descended: its files were moved")
 
 
 def test_quarantine_records_never_replace_a_file(layout: Layout, fault_report) -> None:
