@@ -150,7 +150,10 @@ class Settler:
     def note(self, path: Path, kind: str, now: float) -> None:
         """Record an event (or a scan sighting: kind 'changed') for `path`."""
         if kind == "deleted":
-            self.pending.pop(path, None)
+            # watchdog holds a move-out back to pair it (up to 0.5 s), so a "deleted" can arrive
+            # after a new file of the same name (a camera's next scan.jpg): keep that one.
+            if _lstat(path) is None:
+                self.pending.pop(path, None)
             return
         entry = self.pending.get(path)
         if entry is None:
@@ -216,6 +219,7 @@ class InboxWatcher:
         self._inbox_id: Optional[tuple[int, int]] = None  # (st_dev, st_ino) the observer watches
         self._inbox_checked = 0.0
         self.inbox_missing = False
+        self._inbox_fd: Optional[int] = None
         self._overflow = _OverflowAlarm()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -227,6 +231,12 @@ class InboxWatcher:
 
     def _start_observer(self) -> None:
         self._inbox_id = _identity(self.inbox)
+        self._close_inbox_fd()
+        try:
+            # Held open so a removal is seen even when a new folder reuses the inode number.
+            self._inbox_fd = os.open(self.inbox, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            self._inbox_fd = None
         if self.cfg.polling:
             observer = PollingObserver(timeout=self.cfg.poll_interval)
         else:
@@ -241,6 +251,21 @@ class InboxWatcher:
         """Stop the observer thread."""
         logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._overflow)
         self._stop_observer()
+        self._close_inbox_fd()
+
+    def _close_inbox_fd(self) -> None:
+        if self._inbox_fd is not None:
+            os.close(self._inbox_fd)
+            self._inbox_fd = None
+
+    def _inbox_removed(self) -> bool:
+        """True if the folder being watched was removed (it may have been recreated under the same inode number)."""
+        if self._inbox_fd is None:
+            return False
+        try:
+            return os.fstat(self._inbox_fd).st_nlink == 0
+        except OSError:
+            return True
 
     def _stop_observer(self) -> None:
         if self.observer is not None:
@@ -258,6 +283,8 @@ class InboxWatcher:
             return
         self._inbox_checked = now
         current = _identity(self.inbox)
+        if current is not None and self._inbox_removed():
+            current = (-1, -1)  # a new folder that reuses the old one's inode number
         if current is None:
             if not self.inbox_missing:
                 log.error("the inbox %s is gone; waiting for it to come back", self.inbox)
@@ -349,7 +376,9 @@ class InboxWatcher:
             return
         if event.kind == "deleted":
             self.settler.note(event.path, "deleted", now)
-            self._ready.pop(event.path, None)
+            ready = self._ready.get(event.path)
+            if ready is not None and _lstat(event.path) is None:
+                self._ready.pop(event.path)
             return
         if self._wanted(event.path):
             # A change to an entry that was already complete: it is being rewritten; settle it again.
