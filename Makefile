@@ -31,19 +31,22 @@ venv: $(VENV)/.runtime
 test-venv: $(VENV)/.test
 
 # tests/test_systemd_unit.py runs systemd-analyze (package systemd) on the unit, whose ExecReload
-# needs /bin/kill (package procps). A fresh Debian/Ubuntu machine (CI) may lack both: install
-# what is missing with apt-get (as root, or through sudo). Where that cannot be done the test
-# skips, or fails under CI=true.
+# needs /bin/kill (package procps); the fault suite's no-hard-link outbox is a FAT image made by
+# mkfs.vfat (dosfstools) and mounted with fusefat where the kernel has no vfat driver. A fresh
+# Debian/Ubuntu machine (CI) may lack them: install what is missing with apt-get (as root, or
+# through sudo). Where that cannot be done those tests skip (the unit test fails under CI=true).
 system-test-deps:
 	@missing=""; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	[ -x /bin/kill ] || missing="$$missing procps"; \
+	command -v mkfs.vfat >/dev/null 2>&1 || missing="$$missing dosfstools"; \
+	command -v fusefat >/dev/null 2>&1 || missing="$$missing fusefat"; \
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
-	  echo "installing$$missing for tests/test_systemd_unit.py (apt-get)"; \
+	  echo "installing$$missing for the unit and fault tests (apt-get)"; \
 	  if command -v apt-get >/dev/null 2>&1 && $$sudo apt-get update -qq && \
 	     $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  then :; else echo "warning: could not install$$missing; tests/test_systemd_unit.py will skip (fail under CI=true)"; fi; \
+	  then :; else echo "warning: could not install$$missing; the tests that need them will skip"; fi; \
 	fi
 
 run: $(VENV)/.runtime
