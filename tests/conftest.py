@@ -107,3 +107,12 @@ def build_onnx_model(path: Path, kind: str, scale: int, metadata: Optional[dict[
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+@pytest.fixture
+def layout(tmp_path: Path):
+    """The folders of one test daemon under tmp_path (needs the shipped model: fails on CI, skips elsewhere)."""
+    from daemon_harness import Layout, require_model
+
+    require_model()
+    return Layout(tmp_path)

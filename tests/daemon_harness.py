@@ -42,6 +42,10 @@ def model_for_tests() -> Path:
     return DEFAULT_MODEL
 
 
+#: Watch settings for fault scenarios: the settle floor, and rescans often enough to make up for lost events.
+FAST_WATCH = {"settle_seconds": 0.5, "rescan_interval": 2}
+
+
 def require_model() -> None:
     """Fail on CI, skip elsewhere, when the shipped model is missing."""
     if not model_for_tests().is_file():

@@ -17,7 +17,6 @@ from daemon_harness import (
     assert_each_input_once,
     image_bytes,
     model_for_tests,
-    require_model,
     settled,
     wait_for,
     write_config,
@@ -25,11 +24,6 @@ from daemon_harness import (
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def layout(tmp_path: Path) -> Layout:
-    require_model()
-    return Layout(tmp_path)
 
 
 def drop(path: Path, width: int, height: int, seed: int) -> bytes:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from daemon_harness import (
+    FAST_WATCH,
     Drop,
     Layout,
     check_and_report,
@@ -29,7 +30,6 @@ from daemon_harness import (
     leaving,
     place,
     quarantine_records,
-    require_model,
     running,
     stop_processes,
     wait_finished,
@@ -38,13 +38,7 @@ from daemon_harness import (
 
 pytestmark = pytest.mark.slow
 
-FAST_WATCH = {"settle_seconds": 0.5, "rescan_interval": 2}
 
-
-@pytest.fixture
-def layout(tmp_path: Path) -> Layout:
-    require_model()
-    return Layout(tmp_path)
 
 
 def snapshot(path: Path) -> tuple:

@@ -22,6 +22,7 @@ from typing import Iterator
 import pytest
 
 from daemon_harness import (
+    FAST_WATCH,
     REPO,
     CreateSpy,
     DaemonProcess,
@@ -45,13 +46,7 @@ from mounts import sysctl
 
 pytestmark = pytest.mark.slow
 
-FAST_WATCH = {"settle_seconds": 0.5, "rescan_interval": 2}
 
-
-@pytest.fixture
-def layout(tmp_path: Path) -> Layout:
-    require_model()
-    return Layout(tmp_path)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon_harness import (
+    FAST_WATCH,
     CreateSpy,
     DaemonProcess,
     Drop,
@@ -39,7 +40,6 @@ from mounts import fat, fill, remount, tmpfs
 
 pytestmark = pytest.mark.slow
 
-FAST_WATCH = {"settle_seconds": 0.5, "rescan_interval": 2}
 RECOVERY_S = 45  # in seconds: a paused step resumes within this once the folder is usable again
 
 
