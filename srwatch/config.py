@@ -51,10 +51,10 @@ class ModelConfig(_Section):
     # auto: OpenVINO when it is installed (2-4x faster on CPUs; `make run` installs it), else opencv.
     engine: Literal["auto", "opencv", "openvino", "onnxruntime"] = "auto"
     device: Literal["cpu", "cuda", "gpu"] = "cpu"
-    # openvino only. bf16 is faster on CPUs with AMX/AVX512-BF16 but less exact (>= 46 dB against
-    # f32 on the upstream dnn_superres models); f32 is the accurate default. int8 runs the
-    # quantized <stem>-int8.xml beside model.path (python -m srwatch.quantize makes it).
-    precision: Literal["f32", "bf16", "int8"] = "f32"
+    # auto: bf16 with openvino (5x faster than f32 on CPUs with AMX/AVX512-BF16, Set5 within
+    # 0.012 dB; OpenVINO runs f32 on CPUs without bf16), f32 with the other engines.
+    # int8 runs the quantized <stem>-int8.xml beside model.path (python -m srwatch.quantize).
+    precision: Literal["auto", "f32", "bf16", "int8"] = "auto"
 
 
 class PoolConfig(_Section):
@@ -228,6 +228,13 @@ def resolve_engine(model: "ModelConfig") -> str:
     if model.device != "cuda" and importlib.util.find_spec("openvino") is not None:
         return "openvino"
     return "opencv"
+
+
+def resolve_precision(model: "ModelConfig") -> str:
+    """The precision `model.precision` names; 'auto' is bf16 with openvino, f32 with the other engines."""
+    if model.precision != "auto":
+        return model.precision
+    return "bf16" if resolve_engine(model) == "openvino" else "f32"
 
 
 def available_cpus() -> int:

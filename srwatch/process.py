@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .cache import CachedResult, ResultCache, cache_key, settings_digest, sha256_bytes, sha256_file
-from .config import Config
+from .config import Config, resolve_precision
 from .engine import Engine, load_engine
 from .errors import (
     CorruptImage, JobError, ModelError, ModelLoadError, OutputError, StorageError, TooManyPixels, is_environmental,
@@ -96,6 +96,7 @@ class Processor:
             "algorithm": self.engine.info.algorithm,
             "scale": self.engine.scale,
             "engine": self.engine.name,
+            "precision": resolve_precision(model),
             "device": model.device,
             "output": self.cfg.output.model_dump(mode="json", exclude={"suffix"}),
             "tile": self.cfg.tile.model_dump(mode="json"),

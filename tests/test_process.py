@@ -26,9 +26,9 @@ MODEL = "FSRCNN_x2.pb"
 
 
 def make_config(tmp_path: Path, model: Path, **sections: Any) -> Config:
-    """A valid Config with folders under tmp_path."""
+    """A valid Config with folders under tmp_path; the opencv engine, whose results equal dnn_superres."""
     paths = {name: str(tmp_path / name) for name in ("inbox", "outbox", "quarantine", "archive")}
-    raw: dict[str, Any] = {"paths": paths, "model": {"path": str(model)}, "tile": {"size": "off"}}
+    raw: dict[str, Any] = {"paths": paths, "model": {"path": str(model), "engine": "opencv"}, "tile": {"size": "off"}}
     raw.update(sections)
     return Config.model_validate(raw)
 

@@ -352,7 +352,7 @@ class Engine(abc.ABC):
 
 def require_f32(model_cfg: ModelConfig, engine: str) -> None:
     """ModelLoadError unless model.precision is f32 (only openvino offers bf16)."""
-    if model_cfg.precision != "f32":
+    if model_cfg.precision not in ("f32", "auto"):
         raise ModelLoadError(f"model.precision: {model_cfg.precision} needs model.engine: openvino (not {engine})")
 
 
