@@ -122,9 +122,19 @@ def finish_original(cfg: Config, job: Job) -> Optional[Path]:
         return None
     folder = cfg.paths.archive.joinpath(*job.rel_parts)
     try:
-        with safefs.opened_dir(job.path.parent) as src_fd, \
-                safefs.opened_dir(cfg.paths.archive, job.rel_parts, create=True, where="paths.archive") as dst_fd:
-            name = _move(job, src_fd, dst_fd, "arc", _numbered(dst_fd, job.name))
+        try:
+            dst_fd = safefs.open_subdir_path(cfg.paths.archive, job.rel_parts, create=True, where="paths.archive")
+        except safefs.UnsafePath as exc:
+            # A link planted in place of an archive sub-folder is never followed; the output is
+            # already delivered, so the original goes to the top of the archive instead.
+            log.error("%s; archiving %s at the top of %s", exc, job.rel, cfg.paths.archive)
+            folder = cfg.paths.archive
+            dst_fd = safefs.open_subdir_path(cfg.paths.archive, (), create=True)
+        try:
+            with safefs.opened_dir(job.path.parent) as src_fd:
+                name = _move(job, src_fd, dst_fd, "arc", _numbered(dst_fd, job.name))
+        finally:
+            os.close(dst_fd)
     except OSError as exc:
         raise safefs.storage_guard(f"cannot archive the original to {folder}", exc) from None
     return folder / name if name else None

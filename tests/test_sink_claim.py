@@ -322,6 +322,17 @@ def test_a_link_planted_in_quarantine_is_not_followed(tmp_path: Path) -> None:
     assert record["original_path"] == "sub/bad.png"
 
 
+def test_a_link_planted_in_the_archive_is_not_followed_and_blocks_nothing(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (cfg.paths.archive / "sub").symlink_to(elsewhere)
+    job = claimed(cfg, "sub/a.png", b"original")
+    sink.deliver(cfg, job, b"result", "a_x3", ".png")
+    assert sink.finish_original(cfg, job) == cfg.paths.archive / "a.png"
+    assert list(elsewhere.iterdir()) == [] and (cfg.paths.archive / "a.png").read_bytes() == b"original"
+
+
 def test_long_name_quarantine_gets_a_short_record_name(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     name = "n" * 246 + ".png"
