@@ -185,7 +185,9 @@ def _hammer(folder: str, worker: int) -> None:
 
 
 def test_cache_shared_by_processes(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork")
+    # spawn, as the daemon's workers: a fork of this test process (which holds OpenVINO's thread
+    # pools from earlier tests) can deadlock in the child before it runs a line of the cache.
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_hammer, args=(str(tmp_path / "cache"), n)) for n in range(3)]
     for p in procs:
         p.start()
