@@ -275,11 +275,7 @@ def run_daemon(model: BenchModel, files: list[Path], root: Path, overrides: Opti
         cpu1 = _tree_cpu(proc.pid)
         rss = _worker_peaks(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
     if len(seen) != len(files):
         raise RuntimeError(f"only {len(seen)} of {len(files)} outputs appeared; see {log_path}")
     t0 = dropped[0]
@@ -326,12 +322,17 @@ def run_backlog(model: BenchModel, count: int, root: Path) -> dict:
         first = time.time() - started
         ready = re.search(r"loaded in ([\d.]+) s", log_path.read_text(errors="replace"))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
     return {"files": count, "first_output_s": first, "model_load_s": float(ready.group(1)) if ready else None}
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the daemon and wait for it (SIGKILL after 120 s)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _watch_outbox(outbox: Path, expected: dict[str, int], seen: dict[str, float]) -> None:
