@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import re
+import secrets
+import stat
 import time
 import traceback as tb
 from dataclasses import asdict, dataclass
@@ -29,7 +31,7 @@ from typing import Iterable, Optional
 from . import __version__, claim, safefs
 from .claim import Job, utc_now
 from .config import Config
-from .errors import JobError, StorageError, is_environmental
+from .errors import JobError, is_environmental
 from .messages import Done, Failed, Gone, JobResult
 
 log = logging.getLogger("srwatch.sink")
@@ -196,11 +198,9 @@ def _half_done(st: os.stat_result, src_fd: int, dst_fd: int, tmp: str, same_fs: 
 
 def _copy_entry(st: os.stat_result, src_fd: int, src: str, dst_fd: int, tmp: str) -> None:
     """Copy a file, a link (as a link) or a FIFO/device node (as a node: never opened) to `tmp`."""
-    import stat as st_mod
-
-    if st_mod.S_ISREG(st.st_mode):
+    if stat.S_ISREG(st.st_mode):
         safefs.copy_into(src_fd, src, dst_fd, tmp)
-    elif st_mod.S_ISLNK(st.st_mode):
+    elif stat.S_ISLNK(st.st_mode):
         safefs.copy_link_into(src_fd, src, dst_fd, tmp)
     else:
         safefs.unlink_if_exists(dst_fd, tmp)
@@ -451,8 +451,6 @@ def write_new(folder: Path, stem: str, ext: str, data: bytes, mode: Optional[int
 
 def write_temp_in(dir_fd: int, ext: str, data: bytes, mode: Optional[int] = None) -> str:
     """Write `data` to a new uniquely named hidden temp file in the folder; return its name."""
-    import secrets
-
     name = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{ext}"
     safefs.write_exclusive(dir_fd, name, data, mode)
     return name
