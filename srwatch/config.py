@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -66,6 +67,8 @@ class PoolConfig(_Section):
     job_timeout: float = Field(default=900.0, gt=0)  # in seconds, per file
     max_attempts: int = Field(default=2, ge=1, le=10)  # a file whose worker dies is tried this often
     max_jobs_per_worker: int = Field(default=0, ge=0)  # recycle a worker after N jobs; 0 = never
+    # local: worker processes on this machine. ray: Ray actors (see the ray: section).
+    backend: Literal["local", "ray"] = "local"
 
     @field_validator("workers", "threads_per_worker")
     @classmethod
@@ -171,6 +174,78 @@ class LogConfig(_Section):
     format: Literal["text", "json"] = "text"
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class MetricsConfig(_Section):
+    """The HTTP endpoint: Prometheus metrics at /metrics and the status page with uploads at /."""
+
+    listen: Optional[str] = None  # "127.0.0.1:9108"; None = off
+    page: bool = True  # the status page at /
+    upload: bool = True  # the page's drop zone (POST /upload into the inbox)
+    token: Optional[str] = Field(default=None, min_length=16)  # needed to upload when listen is not loopback
+    max_upload_mb: float = Field(default=100.0, gt=0)  # per file; larger: 413
+    max_upload_files: int = Field(default=20, ge=1)  # per request; more: 400
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        host, port = split_listen(value)
+        if not host:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:9108 or [::1]:9108")
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is out of range")
+        return value
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> "MetricsConfig":
+        if self.listen and self.upload and not self.on_loopback and not self.token:
+            raise ValueError(
+                f"uploads on {self.listen} (not a loopback address) need metrics.token "
+                "(at least 16 characters), or set metrics.upload: false"
+            )
+        return self
+
+    @property
+    def host(self) -> str:
+        """The host part of listen (brackets of an IPv6 address removed)."""
+        return split_listen(self.listen or "")[0]
+
+    @property
+    def port(self) -> int:
+        """The port part of listen."""
+        return split_listen(self.listen or "")[1]
+
+    @property
+    def on_loopback(self) -> bool:
+        """True when the endpoint is reachable from this machine only."""
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port); ('', 0) when it does not parse."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", value.strip())
+    if not match:
+        return "", 0
+    host = match.group(1) or match.group(3)
+    return host, int(match.group(2) or match.group(4))
+
+
+class RayConfig(_Section):
+    """Workers as Ray actors (pool.backend: ray; pip install 'srwatch[ray]')."""
+
+    # auto: the cluster this machine belongs to (RAY_ADDRESS or a local `ray start`);
+    # ray://host:10001: a remote cluster through Ray Client; local: start an in-process Ray.
+    address: str = "auto"
+    namespace: str = "srwatch"
+    num_cpus: float = Field(default=1.0, ge=0)  # per actor
+    num_gpus: float = Field(default=0.0, ge=0)  # per actor
+    memory_mb: Optional[int] = Field(default=None, ge=1)  # per actor, reserved by Ray's scheduler
+    prefetch: int = Field(default=1, ge=0)  # jobs sent ahead to an actor beyond the one it runs
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -184,6 +259,8 @@ class Config(_Section):
     preshrink: PreshrinkConfig = PreshrinkConfig()
     cache: CacheConfig = CacheConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    ray: RayConfig = RayConfig()
     on_success: Literal["archive", "delete"] = "archive"
     shutdown_timeout: float = Field(default=60.0, ge=0)  # in seconds, for in-flight files
     source: Optional[Path] = None  # the file this was read from (set by the loader)
