@@ -39,6 +39,7 @@ FILES_DIR = "f"
 JOB_PREFIX = "job-"
 WORK_TAG = ".srwatch-work"
 LOCK_NAME = ".srwatch.lock"
+STATUS_NAME = "status.json"  # the running daemon's figures, for `srwatch status`
 #: Job folders of srwatch 0.x before the tag existed (adopted, then tagged).
 _LEGACY_JOB = re.compile(r"\d{8}T\d{6}-\d{9}-\d+-\d+\Z")
 log = logging.getLogger("srwatch.claim")
@@ -134,12 +135,33 @@ def prepare_work_folder(work: Path, tag: bool = True) -> None:
 def _ours(work: Path, name: str, tagged: bool) -> bool:
     if name in (WORK_TAG, LOCK_NAME):
         return True
+    if name in (STATUS_NAME, STATUS_NAME + ".tmp"):
+        return tagged
     path = work / name
     if path.is_symlink() or not path.is_dir():
         return False
     if name.startswith(JOB_PREFIX):
         return tagged
     return bool(_LEGACY_JOB.match(name)) and _load_record(path) is not None
+
+
+def write_status(work: Path, data: dict) -> None:
+    """Replace the status file (written by the supervisor only; a reader sees the old or the new one)."""
+    tmp, final = work / (STATUS_NAME + ".tmp"), work / STATUS_NAME
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, json.dumps(data, separators=(",", ":")).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)  # our own file: replacing it is the point
+
+
+def read_status(work: Path) -> Optional[dict]:
+    """The last status the daemon wrote, or None."""
+    try:
+        return json.loads((work / STATUS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 # -- claiming -------------------------------------------------------------------------------------
@@ -280,7 +302,7 @@ def recover(work: Path) -> list[Job]:
     jobs: list[Job] = []
     for name in sorted(os.listdir(work)):
         job_dir = work / name
-        if name in (WORK_TAG, LOCK_NAME) or not job_dir.is_dir() or job_dir.is_symlink():
+        if name in (WORK_TAG, LOCK_NAME, STATUS_NAME, STATUS_NAME + ".tmp") or not job_dir.is_dir() or job_dir.is_symlink():
             continue
         job = _load_record(job_dir)
         if job is None:

@@ -20,12 +20,13 @@ from typing import Optional
 
 from . import claim, sink
 from .claim import Job
-from .config import Config, check_model_file, load_config, prepare_folders
+from .config import Config, check_model_file, load_config, prepare_folders, resolve_engine, resolve_precision
 from .errors import ConfigError, JobError, LinkRefused, NotAFile, StorageError
 from .messages import Deferred, Done, Failed, Gone, LoadFailed, Ready
 from .notify import Notifier
 from .policy import Backoff, JobPolicy, Quarantine, Retry
 from .pool import Event, Pool, Worker, WorkerState, describe_exit
+from .telemetry import Pipeline, Telemetry, WorkerView
 from .watcher import InboxWatcher
 
 log = logging.getLogger("srwatch.daemon")
@@ -33,7 +34,7 @@ log = logging.getLogger("srwatch.daemon")
 TICK = 0.1  # in seconds: longest wait in the main loop
 STARTUP_TIMEOUT = 300.0  # in seconds: for a generation of workers to load their model
 RESPAWN_BACKOFF_MAX = 30.0  # in seconds, between restarts of a worker that keeps dying at once
-STATUS_EVERY = 2.0  # in seconds, between STATUS= updates to systemd
+STATUS_EVERY = 2.0  # in seconds, between STATUS= updates to systemd and status-file writes
 
 
 @dataclass
@@ -70,6 +71,9 @@ class Daemon:
         self.doomed: dict[str, JobError] = {}  # job id -> why it goes to quarantine without a worker
         self.notifier = Notifier()
         self.counters = Counters()
+        self.telemetry = Telemetry(engine=_engine_label(cfg), model=cfg.model.path.name)
+        self.taken_at: dict[str, float] = {}  # job id -> monotonic time it was claimed (or recovered)
+        self.owed_restarts = 0  # workers that died and are to be replaced
         self.claim_pause = Backoff()  # the work folder cannot take a claim
         self.sink_pause = Backoff()  # outbox, archive or quarantine cannot take a write
         self.active = 0  # the generation that serves jobs (0: none yet)
@@ -139,6 +143,7 @@ class Daemon:
                 self.doomed[job.id] = decision.error
             else:
                 log.info("taking %s again (claimed by an earlier run)", job.rel)
+            self.taken_at[job.id] = time.monotonic()
             self.queue.append(job)
 
     def _start_generation(self, cfg: Config, reload: bool) -> Generation:
@@ -270,6 +275,8 @@ class Daemon:
             if job is None:
                 continue
             log.debug("claimed %s as %s", job.rel, job.id)
+            self.telemetry.claimed()
+            self.taken_at[job.id] = time.monotonic()
             if job.kind == "link":
                 self.doomed[job.id] = LinkRefused("a symbolic link in the inbox; srwatch never follows links")
             elif job.kind == "other":
@@ -319,6 +326,7 @@ class Daemon:
         """A message from a worker, or its death (msg None)."""
         msg, worker = event.msg, event.worker
         if isinstance(msg, Ready):
+            self.telemetry.model_loaded(msg.load_seconds)
             if worker.generation == self.active:
                 self.respawn_delay = 0.0
         elif isinstance(msg, LoadFailed):
@@ -331,7 +339,7 @@ class Daemon:
         elif isinstance(msg, (Done, Failed, Gone)):
             if self.sink_pause.succeeded():
                 log.warning("writing resumed")
-            self._report(event.job, msg)
+            self._report(event.job, msg, worker)
             self._after_job(worker)
         elif msg is None:
             self._worker_died(worker, event.job)
@@ -340,24 +348,39 @@ class Daemon:
         if self.sink_pause.failed(time.monotonic(), why):
             log.error("delivery paused: %s; files stay claimed, retrying with back-off", why)
 
-    def _report(self, job: Optional[Job], msg) -> None:
-        """Count and log one finished job."""
-        rel = job.rel if job else getattr(msg, "job_id", "?")
+    def _report(self, job: Optional[Job], msg, worker: Optional[Worker] = None) -> None:
+        """Count and log one finished job: one line per file (with fields for log.format: json)."""
+        job_id = job.id if job else getattr(msg, "job_id", "?")
+        rel = job.rel if job else job_id
+        seconds = time.monotonic() - self.taken_at.pop(job_id, time.monotonic())
+        by = worker.name if worker else "supervisor"
+        self.telemetry.finished(job_id, rel, msg, seconds, by)
+        fields: dict = {"event": type(msg).__name__.lower(), "path": rel, "job": job_id, "worker": by,
+                        "size": job.size if job else None, "seconds": round(seconds, 3)}
         if isinstance(msg, Done):
             self.counters.done += 1
+            fields.update(event="done", output=msg.output, archived=msg.archived, resumed=msg.resumed,
+                          cached=msg.cached, ms={k: round(v * 1000, 1) for k, v in msg.stages.items()})
+            if msg.input_size:
+                fields.update(input_size=list(msg.input_size), output_size=list(msg.output_size or ()))
             if msg.resumed:
-                log.info("done %s -> %s (delivered by an earlier attempt; original now archived)", rel, msg.output)
+                log.info("done %s -> %s (delivered by an earlier attempt; original now archived)", rel, msg.output,
+                         extra={"fields": fields})
             else:
                 extra = f", {' ; '.join(msg.notes)}" if msg.notes else ""
+                stages = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in msg.stages.items())
                 log.info(
-                    "done %s -> %s (%dx%d -> %dx%d, %.2f s%s%s)", rel, msg.output, *msg.input_size,
-                    *msg.output_size, msg.seconds, ", cached" if msg.cached else "", extra,
+                    "done %s -> %s (%dx%d -> %dx%d, %.2f s%s%s; %s; %s; %s)", rel, msg.output, *msg.input_size,
+                    *msg.output_size, msg.seconds, ", cached" if msg.cached else "", extra, _kb(job),
+                    stages, by, extra={"fields": fields},
                 )
         elif isinstance(msg, Failed):
             self.counters.quarantined += 1
-            log.warning("quarantined %s: %s: %s", rel, msg.reason, msg.message)
+            fields.update(event="quarantined", reason=msg.reason, message=msg.message, quarantined=msg.quarantined)
+            log.warning("quarantined %s: %s: %s (%s)", rel, msg.reason, msg.message, by, extra={"fields": fields})
         elif isinstance(msg, Gone):
-            log.warning("%s was removed from the work folder by someone else; nothing to do", rel)
+            fields.update(event="gone")
+            log.warning("%s was removed from the work folder by someone else; nothing to do", rel, extra={"fields": fields})
         if self._bar is not None:
             self._bar.update(1)
 
@@ -375,10 +398,12 @@ class Daemon:
             log.debug("%s retired", worker.name)
             return
         self._schedule_respawn(worker)
+        self.owed_restarts += 1
         if job is None:
             log.error("%s died (%s) without a file", worker.name, how)
             return
         self.counters.crashed += 1
+        self.telemetry.worker_crashed()
         hint = " (SIGKILL from outside the daemon: perhaps the kernel's OOM killer)" if "SIGKILL" in how else ""
         log.error("%s died (%s) while processing %s (attempt %d)%s", worker.name, how, job.rel, job.attempts, hint)
         decision = self.policy.after_crash(job, how)
@@ -411,6 +436,9 @@ class Daemon:
         current = self.pool.serving(self.active)
         if len(current) < self.cfg.worker_layout()[0] and time.monotonic() >= self.next_respawn:
             self.pool.spawn(self.cfg, self.active)
+            if self.owed_restarts:
+                self.owed_restarts -= 1
+                self.telemetry.worker_restarted()
             self.next_respawn = time.monotonic() + max(0.5, self.respawn_delay)
 
     def _heartbeat(self) -> None:
@@ -418,10 +446,41 @@ class Daemon:
         alive = [w for w in self.pool.serving(self.active) if w.process.is_alive()]
         if self.announced and len(alive) >= self.cfg.worker_layout()[0]:
             self.notifier.watchdog()
+        self.telemetry.set_pipeline(self.pipeline())
         now = time.monotonic()
         if now - self._last_status >= STATUS_EVERY:
             self._last_status = now
             self.notifier.status(self.status_line())
+            self._write_status()
+
+    def _write_status(self) -> None:
+        """The snapshot for `srwatch status`, in the work folder (ours; replaced atomically)."""
+        if self.watcher is None:
+            return
+        try:
+            claim.write_status(self.cfg.work_dir, self.telemetry.snapshot())
+        except OSError as exc:  # a full or read-only disk: the status file is a nicety
+            log.debug("cannot write the status file: %s", exc)
+
+    def pipeline(self) -> Pipeline:
+        """The queue and the workers now, for the metrics, the page and the status file."""
+        now = time.monotonic()
+        busy = self.pool.busy()
+        oldest = min(self.taken_at.values(), default=now)
+        paused = tuple(f"{name} paused: {pause.reason}" for name, pause in
+                       (("claiming", self.claim_pause), ("delivery", self.sink_pause)) if pause.reason)
+        workers = tuple(
+            WorkerView(w.name, w.pid, w.state.value, w.generation, w.job.rel if w.job else None, w.jobs_done,
+                       w.load_seconds)
+            for w in self.pool.workers
+        )
+        state = "stopping" if self.stopping else "running" if self.announced else "starting"
+        return Pipeline(
+            settling=self.watcher.settling if self.watcher else 0,
+            ready=self.watcher.ready_count if self.watcher else 0,
+            queued=len(self.queue), in_progress=len(busy), oldest_pending_age=round(now - oldest, 3),
+            workers=workers, paused=paused, state=state,
+        )
 
     # -- state ---------------------------------------------------------------------------
     def _outstanding(self) -> int:
@@ -532,6 +591,19 @@ class Daemon:
         from tqdm import tqdm
 
         self._bar = tqdm(total=self._outstanding(), unit="file", file=sys.stderr, dynamic_ncols=True)
+
+
+def _engine_label(cfg: Config) -> str:
+    """e.g. 'openvino/bf16', for the build info metric."""
+    try:
+        return f"{resolve_engine(cfg.model)}/{resolve_precision(cfg.model)}"
+    except Exception:  # noqa: BLE001 - a label only
+        return cfg.model.engine
+
+
+def _kb(job: Optional[Job]) -> str:
+    size = job.size if job else None
+    return f"{size / 1000:.1f} kB" if size is not None else "size unknown"
 
 
 def _worker_settings(cfg: Config) -> tuple:

@@ -6,8 +6,18 @@ import this module and nothing else of each other.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Two JPEGs of one detail of a result, same size: before (bicubic) and after (the model)."""
+
+    before: bytes
+    after: bytes
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,11 @@ class Done:
     cached: bool = False
     notes: tuple[str, ...] = ()
     resumed: bool = False  # the output was delivered by an earlier attempt; only archived now
+    # Seconds per stage: read, decode, infer, encode, deliver, archive (and cache, preview).
+    stages: dict[str, float] = field(default_factory=dict)
+    input_bytes: int = 0
+    output_bytes: int = 0
+    preview: Optional[Preview] = None  # before/after JPEGs for the status page, when it is on
 
 
 @dataclass(frozen=True)

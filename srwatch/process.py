@@ -12,7 +12,8 @@ cache store. Writing the result to the outbox is the sink's job.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +31,7 @@ from .images import (
     Decoded, Encoded, ImageInfo, OutputPlan, decode_image, encode_image, plan_output, read_header,
     read_input, split_alpha, upscale_alpha,
 )
+from .preview import Preview, make_preview
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,10 @@ class Rendered:
     output_size: tuple[int, int]  # (width, height)
     cached: bool
     notes: tuple[str, ...]  # e.g. 'RGBA output written as PNG instead of JPEG ...'
+    # Seconds per stage: read, decode, infer, encode (a cache hit: read and cache).
+    stages: dict[str, float] = field(default_factory=dict)
+    input_bytes: int = 0
+    preview: Optional[Preview] = None  # for the status page (metrics.page), None otherwise
 
 
 def preshrink_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -71,6 +77,7 @@ class Processor:
     def __init__(self, cfg: Config, threads: int) -> None:
         """Load the engine once (raises ModelLoadError) and open the cache if enabled."""
         self.cfg = cfg
+        self.previews = bool(cfg.metrics.listen and cfg.metrics.page)  # thumbnails for the status page
         self.engine: Engine = load_engine(cfg.model, cfg.tile, threads)
         self.cache: Optional[ResultCache] = None
         self._model_digest = ""
@@ -109,12 +116,16 @@ class Processor:
         Raises JobError subclasses when the file is to blame, StorageError when reading it
         failed for a reason of the folder's (EIO, EACCES, ...; errors.is_environmental).
         """
+        clock = _Stages()
         data = self.read(src, max_bytes)
+        input_bytes = len(data)
+        clock.lap("read")
         key = cache_key(sha256_bytes(data), self._model_digest, self._settings_digest) if self.cache else None
         if key is not None and self.cache is not None:
             hit = self.cache.get(key)
+            clock.lap("cache")
             if hit is not None:
-                return Rendered(hit.data, hit.ext, hit.input_size, hit.output_size, True, hit.notes)
+                return Rendered(hit.data, hit.ext, hit.input_size, hit.output_size, True, hit.notes, clock.stages, input_bytes)
         self.check_output_size(read_header(data, self.cfg.limits))
         try:
             decoded = decode_image(data, self.cfg.limits)
@@ -123,10 +134,12 @@ class Processor:
         except Exception as exc:  # a decoder failing in a way we did not foresee: the data is to blame
             raise CorruptImage(f"cannot decode: {type(exc).__name__}: {exc}") from exc
         del data
-        rendered = self.render(decoded)
+        clock.lap("decode")
+        rendered = self.render(decoded, clock)
         if key is not None and self.cache is not None:
             self.cache.put(key, CachedResult(rendered.data, rendered.ext, rendered.input_size, rendered.output_size, rendered.notes))
-        return rendered
+            clock.lap("cache")
+        return replace(rendered, stages=clock.stages, input_bytes=input_bytes)
 
     def read(self, src: Path, max_bytes: Optional[int] = None) -> bytes:
         """read_input, with an OSError as StorageError (environmental) or JobError (the file's)."""
@@ -155,12 +168,22 @@ class Processor:
             )
         return width, height
 
-    def render(self, decoded: Decoded) -> Rendered:
+    def render(self, decoded: Decoded, clock: Optional["_Stages"] = None) -> Rendered:
         """Plan the output, model and encode decoded pixels (no cache)."""
+        clock = clock or _Stages()
         height, width = decoded.pixels.shape[:2]
         plan = self.plan(decoded, self.output_size(width, height))
         result, preshrink_note = self.upscale(decoded.pixels)
+        clock.lap("infer")
         encoded = self.encode(result, decoded, plan)
+        clock.lap("encode")
+        preview = None
+        if self.previews:
+            try:
+                preview = make_preview(decoded.pixels, result)
+            except Exception as exc:  # noqa: BLE001 - a preview is a nicety; the job goes on without it
+                log.debug("no preview: %s", exc)
+            clock.lap("preview")
         notes = [*decoded.notes, *([preshrink_note] if preshrink_note else []), *encoded.notes]
         return Rendered(
             data=encoded.data,
@@ -169,6 +192,8 @@ class Processor:
             output_size=(result.shape[1], result.shape[0]),
             cached=False,
             notes=tuple(notes),
+            stages=clock.stages,
+            preview=preview,
         )
 
     def plan(self, decoded: Decoded, size: tuple[int, int]) -> OutputPlan:
@@ -211,3 +236,16 @@ class Processor:
             raise
         except Exception as exc:
             raise OutputError(f"cannot encode the result: {type(exc).__name__}: {exc}") from exc
+
+
+class _Stages:
+    """Seconds spent per stage of one job, measured lap by lap (a stage seen twice adds up)."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = self.stages.get(stage, 0.0) + (now - self._last)
+        self._last = now

@@ -72,9 +72,14 @@ def execute(processor, cfg: Config, job: Job) -> JobResult:
         if finished is not None:
             return finished
         rendered = processor.process(job.path, max_bytes=job.size)
+        stages = dict(rendered.stages)
+        mark = time.perf_counter()
         output = sink.deliver(cfg, job, rendered.data, output_stem(cfg, job, processor.scale), rendered.ext)
+        stages["deliver"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         archived = sink.finish_original(cfg, job)
         claim.release(job)
+        stages["archive"] = time.perf_counter() - mark
     except StorageError as exc:
         return Deferred(job.id, str(exc))
     except Exception as exc:  # noqa: BLE001 - JobError is the file's fault; anything else a bug: neither loses it
@@ -90,6 +95,10 @@ def execute(processor, cfg: Config, job: Job) -> JobResult:
         output_size=rendered.output_size,
         cached=rendered.cached,
         notes=tuple(rendered.notes),
+        stages=stages,
+        input_bytes=rendered.input_bytes,
+        output_bytes=len(rendered.data),
+        preview=rendered.preview,
     )
 
 

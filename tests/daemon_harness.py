@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DEFAULT_MODEL = REPO / "models" / "EDSR-srwatch_x3.pb"
 #: What srwatch itself may leave in its work folder once every job is finished.
-WORK_OWN_FILES = frozenset({".srwatch.lock", ".srwatch-work"})
+WORK_OWN_FILES = frozenset({".srwatch.lock", ".srwatch-work", "status.json", "status.json.tmp"})  # status: `srwatch status`
 TEMP_PREFIX = ".srwatch-tmp-"
 NAME_MAX = 255  # in bytes
 
