@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import resources
 from .errors import ConfigError
 
 log = logging.getLogger("srwatch.config")
@@ -375,7 +376,25 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                 paths[key] = os.path.normpath(base / os.path.expanduser(value))
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("path"), str):
-        model["path"] = os.path.normpath(base / os.path.expanduser(model["path"]))
+        model["path"] = resolve_model_path(model["path"], base)
+
+
+def resolve_model_path(value: str, base: Path) -> str:
+    """model.path as a path: relative to `base`, or, for a bare name, maybe a shipped model.
+
+    A bare name (no folder part, e.g. ``EDSR-srwatch_x3.onnx``) is a file next to the config
+    when one exists there (so a model copied beside the config keeps working), else the model
+    of that name shipped inside srwatch (srwatch.resources), which works wherever srwatch is
+    installed. A bare name that is neither is a ConfigError listing the shipped names.
+    """
+    expanded = os.path.expanduser(value)
+    beside = os.path.normpath(base / expanded)
+    if os.path.dirname(expanded) or os.path.lexists(beside):
+        return beside
+    try:
+        return str(resources.shipped_model(expanded))
+    except FileNotFoundError as exc:  # its message names the shipped models
+        raise ConfigError(f"model.path: no such file: {beside}, and {exc}") from None
 
 
 def format_validation_error(exc: ValidationError) -> str:
