@@ -1,4 +1,4 @@
-"""Command line: `srwatch run|once|upscale|check-config|eval|train|export|bench`.
+"""Command line: `srwatch run|once|upscale|check-config|init|eval|train|export|bench`.
 
 Exit status: 0 success, 1 failure while running, 2 configuration or usage error.
 """
@@ -13,10 +13,9 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .errors import ConfigError, JobError, SrwatchError
+from .resources import CONFIG_TEMPLATE_NAME, DEFAULT_MODEL_NAME, HOT_FOLDERS, default_model, hot_folder_config
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
-REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL_NAME = "EDSR-srwatch_x3.onnx"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upscale", help="upscale one image")
     up.add_argument("input", type=Path)
     up.add_argument("output", type=Path)
-    up.add_argument("--model", type=Path, help=f"model file (default: models/{DEFAULT_MODEL_NAME})")
+    up.add_argument("--model", type=Path, help=f"model file, or the name of a shipped one (default: {DEFAULT_MODEL_NAME}, shipped)")
     up.add_argument("--scale", type=int, help="scale, when the file name does not tell")
     up.add_argument("--algorithm", choices=["edsr", "espcn", "fsrcnn", "lapsrn"])
     up.add_argument("--engine", choices=["auto", "opencv", "openvino", "onnxruntime"])
@@ -45,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check-config", help="validate a config file (and load its model) without running")
     chk.add_argument("config", type=Path)
     chk.add_argument("--no-model", action="store_true", help="skip loading the model")
+
+    init = sub.add_parser("init", help="make a new hot folder: DIR/srwatch.yaml (commented) and its folders")
+    init.add_argument("folder", type=Path, metavar="DIR")
 
     sub.add_parser("eval", help="PSNR/SSIM table on Set5 for model files (see `srwatch eval -h`)", add_help=False)
     sub.add_parser("train", help="train an EDSR model (needs the [train] extra)", add_help=False)
@@ -81,6 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_check_config(args.config, load_model=not args.no_model)
         if args.command == "upscale":
             return cmd_upscale(args)
+        if args.command == "init":
+            return cmd_init(args.folder)
     except ConfigError as exc:
         print(f"srwatch: configuration error:\n{_indent(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
@@ -140,12 +144,6 @@ def cmd_check_config(config: Path, load_model: bool) -> int:
     return EXIT_OK
 
 
-def default_model() -> Optional[Path]:
-    """The embedded default model, when srwatch runs from a checkout."""
-    path = REPO_MODELS / DEFAULT_MODEL_NAME
-    return path if path.is_file() else None
-
-
 def cmd_upscale(args: argparse.Namespace) -> int:
     """`srwatch upscale IN OUT`: one image, same pipeline as the daemon's workers."""
     from .config import load_config, parse_config
@@ -154,9 +152,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if args.config:
         base = load_config(args.config).model_dump(exclude={"source"})
     else:
-        model = args.model or default_model()
-        if model is None:
-            raise ConfigError(f"--model: no model given and models/{DEFAULT_MODEL_NAME} not found")
+        try:
+            # The shipped default by its real path: a file of that name in the current folder must not win.
+            model = args.model or default_model()
+        except FileNotFoundError as exc:
+            raise ConfigError(f"--model: no model given, and no default: {exc}") from None
         base = {"model": {"path": str(model)}}
     # The single-image path touches no daemon folder: these names are never created.
     base["paths"] = {k: f"/nonexistent/srwatch/{k}" for k in ("inbox", "outbox", "quarantine", "archive")}
@@ -175,6 +175,33 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     for note in rendered.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"{args.input} ({rendered.input_size[0]}x{rendered.input_size[1]}) -> {out} ({rendered.output_size[0]}x{rendered.output_size[1]})")
+    return EXIT_OK
+
+
+def cmd_init(folder: Path) -> int:
+    """`srwatch init DIR`: a new hot folder, ready for `srwatch run -c DIR/srwatch.yaml`.
+
+    Creates DIR's inbox, outbox, quarantine and archive and writes DIR/srwatch.yaml from the
+    shipped reference config (every option commented; relative folders, the shipped default
+    model by name). An existing srwatch.yaml is never replaced: exit 2 and nothing is touched.
+    """
+    config = folder / CONFIG_TEMPLATE_NAME
+    if os.path.lexists(config):
+        print(f"srwatch: {config} exists; srwatch init never replaces a config (edit it, or init another folder)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        text = hot_folder_config()  # first: a broken install creates nothing
+    except (OSError, RuntimeError) as exc:
+        raise SrwatchError(f"cannot read the shipped config template: {exc}") from None
+    try:
+        for name in HOT_FOLDERS:
+            (folder / name).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"srwatch: cannot create the hot folder {folder}: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return EXIT_CONFIG
+    _write_output(config, text.encode("utf-8"))
+    print(f"created {config} and {', '.join(f'{name}/' for name in HOT_FOLDERS)} in {folder}")
+    print(f"next: srwatch check-config {config}; srwatch run -c {config}; drop images into {folder / 'inbox'}")
     return EXIT_OK
 
 
