@@ -376,7 +376,7 @@ class Daemon:
                 )
         elif isinstance(msg, Failed):
             self.counters.quarantined += 1
-            fields.update(event="quarantined", reason=msg.reason, message=msg.message, quarantined=msg.quarantined)
+            fields.update(event="quarantined", reason=msg.reason, error=msg.message, quarantined=msg.quarantined)
             log.warning("quarantined %s: %s: %s (%s)", rel, msg.reason, msg.message, by, extra={"fields": fields})
         elif isinstance(msg, Gone):
             fields.update(event="gone")

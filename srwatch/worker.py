@@ -83,8 +83,8 @@ def execute(processor, cfg: Config, job: Job) -> JobResult:
     except StorageError as exc:
         return Deferred(job.id, str(exc))
     except Exception as exc:  # noqa: BLE001 - JobError is the file's fault; anything else a bug: neither loses it
-        if not hasattr(exc, "reason"):
-            log.exception("unexpected error on %s", job.rel)
+        if not hasattr(exc, "reason"):  # a bug of ours: the traceback goes into the quarantine record
+            log.error("unexpected error on %s: %s: %s (traceback in its quarantine record)", job.rel, type(exc).__name__, exc)
         return _fail(cfg, job, exc)
     return Done(
         job_id=job.id,
@@ -109,7 +109,8 @@ def _fail(cfg: Config, job: Job, error: BaseException) -> JobResult:
     except StorageError as exc:
         return Deferred(job.id, str(exc))
     except Exception as exc:  # noqa: BLE001 - keep the job claimed; the supervisor logs and backs off
-        log.exception("cannot quarantine %s", job.rel)
+        log.error("cannot quarantine %s: %s: %s (it stays claimed)", job.rel, type(exc).__name__, exc)
+        log.debug("cannot quarantine %s", job.rel, exc_info=True)
         return Deferred(job.id, f"cannot quarantine: {type(exc).__name__}: {exc}")
 
 
