@@ -11,11 +11,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+from urllib.parse import urlparse
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import resources
 from .errors import ConfigError
+from .schedule import parse_hours
 
 log = logging.getLogger("srwatch.config")
 
@@ -97,6 +100,8 @@ class OutputConfig(_Section):
 
     format: Literal["same", "png", "jpg", "webp", "tiff"] = "same"
     suffix: str = "_x{scale}"
+    # The output's stem: {stem} {scale} {model} {profile} {date}; default "{stem}" + suffix.
+    name: Optional[str] = None
     jpeg_quality: int = Field(default=95, ge=1, le=100)
     webp_quality: int = Field(default=95, ge=1, le=101)  # 101 = lossless
     png_compression: int = Field(default=1, ge=0, le=9)  # 1: fast; photos gain ~8% from 3 at 1.5x the time
@@ -128,6 +133,29 @@ class OutputConfig(_Section):
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"only the placeholder {{scale}} is allowed ({exc})") from None
         return value
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        if not value.strip() or "/" in value or "\0" in value:
+            raise ValueError("must be a non-empty file name stem without '/'")
+        try:
+            value.format(**_NAME_EXAMPLE)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"placeholders are {', '.join('{' + k + '}' for k in _NAME_EXAMPLE)} ({exc})") from None
+        if value.format(**_NAME_EXAMPLE).startswith("."):
+            raise ValueError("must not start with '.' (hidden files are not outputs)")
+        return value
+
+    def stem_for(self, stem: str, scale: int, model: str = "", profile: str = "", date: str = "") -> str:
+        """The output's stem for an input stem (the sink adds the extension and shortens long names)."""
+        template = self.name if self.name is not None else "{stem}" + self.suffix
+        return template.format(stem=stem, scale=scale, model=model, profile=profile, date=date)
+
+
+_NAME_EXAMPLE = {"stem": "photo", "scale": 3, "model": "EDSR-srwatch_x3", "profile": "default", "date": "2026-01-31"}
 
 
 class TileConfig(_Section):
@@ -247,11 +275,56 @@ class RayConfig(_Section):
     prefetch: int = Field(default=1, ge=0)  # jobs sent ahead to an actor beyond the one it runs
 
 
-class Config(_Section):
-    """The whole configuration file."""
+class ScheduleConfig(_Section):
+    """When a hot folder's files are processed."""
 
-    paths: PathsConfig
-    model: ModelConfig
+    # "22:00-06:00" (local time; several windows separated by commas): outside, files wait
+    # in the inbox (shown as held). None: always.
+    hours: Optional[str] = None
+
+    @field_validator("hours")
+    @classmethod
+    def _hours_ok(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            parse_hours(value)
+        return value
+
+
+class NotifyConfig(_Section):
+    """A POST with a JSON body after each file (never blocks or delays a file)."""
+
+    webhook: Optional[str] = None  # http(s) URL; None: off
+    timeout: float = Field(default=5.0, gt=0, le=60)  # in seconds, per attempt
+    retries: int = Field(default=3, ge=0, le=10)  # after the first attempt, with back-off
+
+    @field_validator("webhook")
+    @classmethod
+    def _url_ok(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+#: What a profile may set; the rest (log, metrics, ray, the pool's other keys) is daemon-wide.
+PROFILE_KEYS = ("name", "paths", "model", "output", "tile", "preshrink", "limits", "cache", "on_success", "watch",
+                "schedule", "notify", "priority", "pool")
+PROFILE_POOL_KEYS = ("workers", "threads_per_worker")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+
+
+class Config(_Section):
+    """The whole configuration file, or one hot folder (profile) of it.
+
+    A file without `profiles:` is one hot folder named "default". With `profiles:`, every
+    profile is a full Config of its own (top-level sections are its defaults) in `profiles`,
+    and `hot_folders()` lists them.
+    """
+
+    paths: Optional[PathsConfig] = None
+    model: Optional[ModelConfig] = None
     pool: PoolConfig = PoolConfig()
     watch: WatchConfig = WatchConfig()
     output: OutputConfig = OutputConfig()
@@ -264,18 +337,43 @@ class Config(_Section):
     ray: RayConfig = RayConfig()
     on_success: Literal["archive", "delete"] = "archive"
     shutdown_timeout: float = Field(default=60.0, ge=0)  # in seconds, for in-flight files
+    schedule: ScheduleConfig = ScheduleConfig()
+    notify: NotifyConfig = NotifyConfig()
+    name: str = "default"  # the profile's name (labels in logs, metrics and the page)
+    priority: int = Field(default=0, ge=0, le=100)  # claims: higher first, round robin among equals
+    profiles: tuple["Config", ...] = ()  # filled by the loader from `profiles:`
     source: Optional[Path] = None  # the file this was read from (set by the loader)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("letters, digits, '_', '.' and '-' (at most 64, not starting with '.', '_' or '-')")
+        return value
 
     @model_validator(mode="after")
     def _folders_distinct(self) -> "Config":
+        if self.profiles:
+            return self
+        if self.paths is None:
+            raise ValueError("paths: required key is missing (or give profiles:, each with its paths)")
+        if self.model is None:
+            raise ValueError("model: required key is missing")
         check_folder_layout(folder_map(self))
         return self
+
+    def hot_folders(self) -> tuple["Config", ...]:
+        """The hot folders this config runs: its profiles, or itself."""
+        return self.profiles or (self,)
 
     # Convenience accessors, resolved for the machine we run on.
     @property
     def work_dir(self) -> Path:
         """Where claimed files wait and are processed."""
-        return self.paths.work or self.paths.inbox.parent / ".srwatch-work"
+        if self.paths.work:
+            return self.paths.work
+        # Profiles' inboxes often share a parent (in/x2, in/x4): one work folder each.
+        return self.paths.inbox.parent / (".srwatch-work" if self.name == "default" else f".srwatch-work-{self.name}")
 
     @property
     def cache_dir(self) -> Path:
@@ -338,7 +436,7 @@ def folder_map(cfg: Config) -> dict[str, Path]:
     return folders
 
 
-def check_folder_layout(folders: dict[str, Path]) -> None:
+def check_folder_layout(folders: dict[str, Path], skip_same_prefix: bool = False) -> None:
     """No folder may equal or contain another: outbox inside inbox would feed itself.
 
     Compared by real path (symlinks resolved) and, for folders that exist, by device and
@@ -349,6 +447,8 @@ def check_folder_layout(folders: dict[str, Path]) -> None:
     keys = list(resolved)
     for i, a in enumerate(keys):
         for b in keys[i + 1 :]:
+            if skip_same_prefix and a.split(".", 1)[0] == b.split(".", 1)[0]:
+                continue  # within one profile: checked when it was validated
             pa, pb = resolved[a], resolved[b]
             if pa == pb or (identity[a] is not None and identity[a] == identity[b]):
                 shown = f"{pa}" if pa == pb else f"{folders[a]} and {folders[b]} are one folder"
@@ -428,13 +528,93 @@ def parse_config(raw: Any, base: Path, source: Optional[Path] = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("the config file must be a YAML mapping of sections (paths:, model:, ...)")
     raw = {key: (dict(value) if isinstance(value, dict) else value) for key, value in raw.items()}
+    profiles = raw.pop("profiles", None) or None  # `profiles: []` (the shipped file): one hot folder
+    if profiles is not None and raw.get("paths") is not None:
+        raise ConfigError("paths: with profiles:, every profile sets its own paths (remove the top-level paths)")
+    defaults = {key: (dict(value) if isinstance(value, dict) else value) for key, value in raw.items()}
     _resolve_paths(raw, base)
     if source is not None:
         raw["source"] = str(source)
+    if profiles is None:
+        return _validate(raw, "")
+    folders = _parse_profiles(profiles, defaults, base, source)
+    root = _validate({**raw, "profiles": folders}, "")
+    if root.model is None and any(p.model is None for p in folders):
+        raise ConfigError("model: required key is missing")
+    return root
+
+
+def _validate(raw: dict[str, Any], prefix: str) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        text = format_validation_error(exc)
+        raise ConfigError("\n".join(prefix + line for line in text.splitlines())) from None
+    except ValueError as exc:
+        raise ConfigError(f"{prefix.rstrip('.')}: {exc}" if prefix else str(exc)) from None
+
+
+def _parse_profiles(profiles: Any, defaults: dict[str, Any], base: Path, source: Optional[Path]) -> list[Config]:
+    """Each profile merged over the top-level sections and validated; errors name `profiles[i].key`."""
+    if not isinstance(profiles, list) or not profiles:
+        raise ConfigError("profiles: must be a list of hot folders (each with name: and paths:)")
+    folders: list[Config] = []
+    for i, entry in enumerate(profiles):
+        where = f"profiles[{i}]."
+        if not isinstance(entry, dict):
+            raise ConfigError(f"profiles[{i}]: must be a mapping (name:, paths:, ...)")
+        unknown = [k for k in entry if k not in PROFILE_KEYS]
+        if unknown:
+            raise ConfigError("\n".join(f"{where}{k}: unknown key (a profile may set {', '.join(PROFILE_KEYS)})"
+                                         for k in unknown))
+        if "name" not in entry:
+            raise ConfigError(f"{where}name: required key is missing")
+        if "paths" not in entry:
+            raise ConfigError(f"{where}paths: required key is missing")
+        pool = entry.get("pool")
+        if isinstance(pool, dict):
+            extra = [k for k in pool if k not in PROFILE_POOL_KEYS]
+            if extra:
+                raise ConfigError("\n".join(f"{where}pool.{k}: unknown key (a profile may set pool.workers and "
+                                             "pool.threads_per_worker; the rest is daemon-wide)" for k in extra))
+        merged = _merge(defaults, entry)
+        try:
+            _resolve_paths(merged, base)
+        except ConfigError as exc:
+            raise ConfigError(where + str(exc)) from None
+        if source is not None:
+            merged["source"] = str(source)
+        folders.append(_validate(merged, where))
+    names = [f.name for f in folders]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(f"profiles[{names.index(name, names.index(name) + 1)}].name: {name!r} is used by another profile")
+    check_profiles_apart(folders)
+    return folders
+
+
+def _merge(defaults: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """Top-level sections, each updated key by key with the profile's."""
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
+    for key, value in entry.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = dict(value) if isinstance(value, dict) else value
+    return merged
+
+
+def check_profiles_apart(folders: list[Config]) -> None:
+    """No folder of one profile equal to or inside a folder of another (a shared cache is fine)."""
+    named: dict[str, Path] = {}
+    for i, cfg in enumerate(folders):
+        for key, path in folder_map(cfg).items():
+            if key == "paths.cache":
+                continue
+            named[f"profiles[{i}].{key}"] = path
+    try:
+        check_folder_layout(named, skip_same_prefix=True)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_config(path: Union[str, Path]) -> Config:

@@ -7,6 +7,7 @@ take a write; the job stays claimed) or Gone. Nothing on a job's path escapes as
 from __future__ import annotations
 
 import ctypes
+import datetime
 import logging
 import signal
 import time
@@ -115,6 +116,7 @@ def _fail(cfg: Config, job: Job, error: BaseException) -> JobResult:
 
 
 def output_stem(cfg: Config, job: Job, scale: int) -> str:
-    """`<stem><suffix>`, e.g. photo_x3 (shortened by the sink if the name gets too long)."""
+    """The output's stem from `output.name` (default `<stem><suffix>`, e.g. photo_x3); the sink shortens long names."""
     stem = Path(job.name).stem if not job.name.startswith(".") else job.name
-    return stem + cfg.output.suffix.format(scale=scale)
+    model = cfg.model.path.stem if cfg.model else ""
+    return cfg.output.stem_for(stem, scale, model=model, profile=cfg.name, date=datetime.date.today().isoformat())
