@@ -88,6 +88,7 @@ class Daemon:
         self._last_status = 0.0
         self._lock_fd: Optional[int] = None
         self._bar = None
+        self.web = None  # the HTTP endpoint (srwatch.web.WebServer) while metrics.listen is set
 
     # -- bootstrap -----------------------------------------------------------------------
     def bootstrap(self) -> None:
@@ -98,6 +99,7 @@ class Daemon:
         """
         check_model_file(self.cfg)
         prepare_folders(self.cfg, create=False)  # checks only
+        self._start_web()  # before the model loads: a taken port is exit 2 at once; /metrics shows the start
         self.starting = self._start_generation(self.cfg, reload=False)
 
     def _open_folders(self) -> None:
@@ -554,7 +556,33 @@ class Daemon:
             self.watcher.stop()
             self.watcher = InboxWatcher(new.paths.inbox, new.watch, exclude=self._own_folders())
             self.watcher.start()
+        if _web_settings(new) != _web_settings(old):
+            self._restart_web()
         log.info("configuration reloaded from %s", new.source)
+
+    # -- the HTTP endpoint (metrics.listen) --------------------------------------------------
+    def _start_web(self) -> None:
+        """Metrics, status page and uploads on metrics.listen, if set; ConfigError if it cannot listen."""
+        if not self.cfg.metrics.listen:
+            return
+        from .web import WebServer  # starlette and uvicorn are loaded only by daemons that serve
+
+        web = WebServer(self.cfg.metrics, self.telemetry, self.cfg.paths.inbox, tuple(self.cfg.watch.ignore))
+        web.start()
+        self.web = web
+
+    def _stop_web(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
+
+    def _restart_web(self) -> None:
+        """After a reload that changed its settings; an address that cannot be had is logged, not fatal."""
+        self._stop_web()
+        try:
+            self._start_web()
+        except ConfigError as exc:
+            log.error("reload: the metrics endpoint stays off: %s", exc)
 
     # -- teardown ------------------------------------------------------------------------
     def teardown(self) -> None:
@@ -583,6 +611,7 @@ class Daemon:
             log.info("stopped: %s; %d claimed file(s) wait for the next start", self.status_line(), len(self.queue))
         elif self.queue:
             log.info("exiting with %d claimed file(s) not done", len(self.queue))
+        self._stop_web()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -608,4 +637,10 @@ def _kb(job: Optional[Job]) -> str:
 
 def _worker_settings(cfg: Config) -> tuple:
     """The parts of the config that a worker process uses."""
-    return (cfg.model, cfg.pool, cfg.tile, cfg.limits, cfg.preshrink, cfg.cache, cfg.output, cfg.paths, cfg.on_success, cfg.log)
+    return (cfg.model, cfg.pool, cfg.tile, cfg.limits, cfg.preshrink, cfg.cache, cfg.output, cfg.paths, cfg.on_success, cfg.log,
+            bool(cfg.metrics.listen and cfg.metrics.page))  # workers make the page's previews
+
+
+def _web_settings(cfg: Config) -> tuple:
+    """What the HTTP endpoint is built from: a change restarts it on reload."""
+    return (cfg.metrics, cfg.paths.inbox, tuple(cfg.watch.ignore))
