@@ -35,15 +35,19 @@ test-venv: $(VENV)/.test
 # mkfs.vfat (dosfstools) and mounted with fusefat where the kernel has no vfat driver. A fresh
 # Debian/Ubuntu machine (CI) may lack them: install what is missing with apt-get (as root, or
 # through sudo). Where that cannot be done those tests skip (the unit test fails under CI=true).
+# tests/test_web_browser.py drives a headless Chromium through Selenium: Debian's chromium and
+# chromium-driver (/usr/bin/chromedriver), so Selenium downloads nothing; it too fails under CI=true.
 system-test-deps:
 	@missing=""; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	[ -x /bin/kill ] || missing="$$missing procps"; \
 	command -v mkfs.vfat >/dev/null 2>&1 || missing="$$missing dosfstools"; \
 	command -v fusefat >/dev/null 2>&1 || missing="$$missing fusefat"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
-	  echo "installing$$missing for the unit and fault tests (apt-get)"; \
+	  echo "installing$$missing for the unit, fault and browser tests (apt-get)"; \
 	  if command -v apt-get >/dev/null 2>&1 && $$sudo apt-get update -qq && \
 	     $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  then :; else echo "warning: could not install$$missing; the tests that need them will skip"; fi; \
