@@ -8,6 +8,8 @@ Layout of the work folder (same filesystem as the inbox, so the claim is one ren
     work/job-<id>/f/<rel path>     the claimed file itself
     work/job-<id>/delivered.json   written by whoever delivered the output (then only archiving is left)
     work/job-<id>/quarantine.json  the quarantine in progress: reason, target names
+    work/retry-<dev>-<ino>.json    a file `srwatch quarantine retry` put back into the inbox: its
+                                   attempts so far (written by the retry; read and removed by the claim)
 
 One writer per file: the supervisor owns job.json (attempts); the process holding the job
 (a worker, or the supervisor after that worker died) writes the markers, atomically, with fsync.
@@ -40,6 +42,10 @@ JOB_PREFIX = "job-"
 WORK_TAG = ".srwatch-work"
 LOCK_NAME = ".srwatch.lock"
 STATUS_NAME = "status.json"  # the running daemon's figures, for `srwatch status`
+#: Retry ledgers and the temp names _write_json gives them on the way.
+_LEDGER_RE = re.compile(r"(retry-\d+-\d+\.json|\.retry-\d+-\d+\.json\.\d+\.tmp)\Z")
+LEDGER_MAX_AGE = 86400.0  # in seconds: a ledger whose file is no longer in the inbox is removed after this
+_LEDGER_MAX_BYTES = 1 << 16  # a ledger is a few hundred bytes; anything bigger is not one
 #: Job folders of srwatch 0.x before the tag existed (adopted, then tagged).
 _LEGACY_JOB = re.compile(r"\d{8}T\d{6}-\d{9}-\d+-\d+\Z")
 log = logging.getLogger("srwatch.claim")
@@ -58,6 +64,7 @@ class Job:
     attempts: int = 0  # dispatches so far (a dispatch that ended in a worker crash counts)
     kind: str = "file"  # what the entry was when claimed: file | link | other (never opened unless file)
     size: Optional[int] = None  # in bytes, when it settled: the worker reads no more than this
+    prior_attempts: int = 0  # attempts before a `srwatch quarantine retry` put it back (from its ledger)
 
     @property
     def path(self) -> Path:
@@ -138,6 +145,8 @@ def _ours(work: Path, name: str, tagged: bool) -> bool:
     if name in (STATUS_NAME, STATUS_NAME + ".tmp"):
         return tagged
     path = work / name
+    if _LEDGER_RE.match(name):
+        return tagged and not path.is_symlink() and path.is_file()
     if path.is_symlink() or not path.is_dir():
         return False
     if name.startswith(JOB_PREFIX):
@@ -187,11 +196,16 @@ def claim(cand: Candidate, inbox: Path, work: Path) -> Optional[Job]:
             ):
                 raise Changed(str(cand.path))
             job_id = new_job_id()
+            ledger = find_ledger(work, st) if kind == "file" else None
             job = Job(
                 id=job_id, rel=rel.as_posix(), job_dir=work / (JOB_PREFIX + job_id),
                 claimed_at=utc_now(), kind=kind, size=st.st_size if kind == "file" else None,
+                prior_attempts=ledger.prior_attempts if ledger else 0,
             )
-            return _move_in(job, src_fd, parts[-1])
+            moved = _move_in(job, src_fd, parts[-1])
+            if moved is not None and ledger is not None:
+                remove_ledger(work, ledger)  # the job record carries the attempts now
+            return moved
     except (FileNotFoundError, NotADirectoryError):
         return None  # a folder on the way vanished
     except safefs.UnsafePath:
@@ -312,6 +326,7 @@ def recover(work: Path) -> list[Job]:
                 shutil.rmtree(job_dir, ignore_errors=True)
             continue
         jobs.append(job)
+    sweep_ledgers(work)
     return jobs
 
 
@@ -329,6 +344,150 @@ def _load_record(job_dir: Path) -> Optional[Job]:
             id=str(data["id"]), rel=str(data["rel"]), job_dir=job_dir, claimed_at=str(data["claimed_at"]),
             attempts=int(data.get("attempts", 0)), kind=str(data.get("kind", "file")),
             size=int(data["size"]) if data.get("size") is not None else None,
+            prior_attempts=int(data.get("prior_attempts", 0)),
         )
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def claimed_jobs(work: Path) -> list[Job]:
+    """The jobs in the work folder, oldest first, read-only (nothing is removed: `srwatch status`)."""
+    try:
+        names = sorted(os.listdir(work))
+    except OSError:
+        return []
+    jobs = []
+    for name in names:
+        job_dir = work / name
+        if name.startswith(JOB_PREFIX) or _LEGACY_JOB.match(name):
+            if job_dir.is_dir() and not job_dir.is_symlink():
+                job = _load_record(job_dir)
+                if job is not None:
+                    jobs.append(job)
+    return jobs
+
+
+# -- retry ledgers --------------------------------------------------------------------------------
+# `srwatch quarantine retry` puts a quarantined file back into the inbox and notes its attempts so
+# far in work/retry-<dev>-<ino>.json, keyed by the inode the claim will see. One writer per file:
+# the retry command creates a ledger; the claim that takes the file reads it and removes it.
+@dataclass(frozen=True)
+class RetryLedger:
+    """What `srwatch quarantine retry` remembers about a file it put back into the inbox."""
+
+    dev: int
+    ino: int
+    size: int  # in bytes, as placed: a file rewritten since is a new file (no prior attempts)
+    mtime_ns: int
+    prior_attempts: int  # the attempts its quarantine record counted
+    rel: str  # where it came from, relative to the inbox ('/'-separated)
+    inbox: str  # the inbox it was put back into (absolute)
+    temp: str  # its hidden name while the retry places it, relative to the inbox
+    record: str  # the quarantine record it came from, relative to paths.quarantine
+    record_job: str  # that record's job_id: only that record is removed
+    reason: str  # why it was quarantined
+    retried_at: float  # unix time
+
+    @property
+    def name(self) -> str:
+        """The ledger's file name in the work folder."""
+        return ledger_name(self.dev, self.ino)
+
+
+def ledger_name(dev: int, ino: int) -> str:
+    """`retry-<dev>-<ino>.json`: found by the claim with one open, no listing."""
+    return f"retry-{dev}-{ino}.json"
+
+
+def write_ledger(work: Path, ledger: RetryLedger) -> None:
+    """Persist a ledger atomically (temp, fsync, rename).
+
+    Its name is keyed by an inode that the retry just placed, so a ledger already there is a
+    stale one of ours (a retry killed and run again, or an inode number reused): replaced.
+    """
+    _write_json(work, ledger.name, asdict(ledger))
+
+
+def read_ledger(work: Path, name: str) -> Optional[RetryLedger]:
+    """The ledger `name` in the work folder, or None if missing or unreadable (never through a link)."""
+    try:
+        fd = os.open(work / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = json.loads(os.read(fd, _LEDGER_MAX_BYTES))
+        fields = {f: data[f] for f in RetryLedger.__dataclass_fields__}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    finally:
+        os.close(fd)
+    # Only well-typed ledgers: a count that is not a number must never reach a quarantine record.
+    if not all(type(fields[k]) is int and fields[k] >= 0 for k in _LEDGER_INTS):
+        return None
+    if not all(isinstance(fields[k], str) for k in _LEDGER_STRS) or not isinstance(fields["retried_at"], (int, float)):
+        return None
+    return RetryLedger(**fields)
+
+
+_LEDGER_INTS = ("dev", "ino", "size", "mtime_ns", "prior_attempts")
+_LEDGER_STRS = ("rel", "inbox", "temp", "record", "record_job", "reason")
+
+
+def find_ledger(work: Path, st: os.stat_result) -> Optional[RetryLedger]:
+    """The ledger for the inbox entry with this lstat, if a retry put exactly this file back."""
+    ledger = read_ledger(work, ledger_name(st.st_dev, st.st_ino))
+    if ledger is None or (ledger.size, ledger.mtime_ns) != (st.st_size, st.st_mtime_ns):
+        return None
+    return ledger
+
+
+def remove_ledger(work: Path, ledger: RetryLedger) -> None:
+    """Forget a ledger once its file is claimed (best effort: a stale one is swept after a day)."""
+    try:
+        os.unlink(work / ledger.name)
+    except OSError:
+        pass
+
+
+def ledger_names(work: Path) -> list[str]:
+    """The ledger files (and temp names of ledgers being written) in the work folder."""
+    try:
+        return sorted(n for n in os.listdir(work) if _LEDGER_RE.match(n))
+    except OSError:
+        return []
+
+
+def sweep_ledgers(work: Path, now: Optional[float] = None, max_age: float = LEDGER_MAX_AGE) -> int:
+    """Remove ledgers older than `max_age` seconds whose file is no longer in the inbox; how many.
+
+    A ledger outlives its file only when a claim was killed between its rename and removing the
+    ledger (the job record already holds the attempts), or the file was taken out of the inbox
+    by hand. Ledgers of files still waiting in the inbox (a daemon stopped for days) are kept.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    for name in ledger_names(work):
+        try:
+            if now - os.lstat(work / name).st_mtime < max_age:
+                continue
+        except OSError:
+            continue
+        ledger = None if name.startswith(".") else read_ledger(work, name)
+        if ledger is not None and _ledger_file_waits(ledger):
+            continue
+        try:
+            os.unlink(work / name)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _ledger_file_waits(ledger: RetryLedger) -> bool:
+    """True if the ledger's inode is still in the inbox folder it was put back into."""
+    parts = tuple(ledger.temp.split("/")[:-1])
+    try:
+        with safefs.opened_dir(Path(ledger.inbox), parts) as fd:
+            return safefs.find_by_inode(fd, ledger.ino, ledger.dev) is not None
+    except (OSError, safefs.UnsafePath):
+        return False

@@ -217,11 +217,12 @@ class QuarantineRecord:
     reason: str
     message: str
     exception: str
-    attempts: int
+    attempts: int  # every attempt, those before a `srwatch quarantine retry` included
     claimed_at: str
     failed_at: str
     job_id: str
     traceback: Optional[str] = None
+    prior_attempts: int = 0  # of `attempts`, those made before the file was last retried
     srwatch_version: str = __version__
 
 
@@ -237,7 +238,8 @@ def record_for(job: Job, error: BaseException, attempts: Optional[int] = None) -
     message = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
     return {
         "original_path": job.rel, "reason": reason, "message": message, "exception": type(error).__name__,
-        "attempts": job.attempts if attempts is None else attempts, "claimed_at": job.claimed_at,
+        "attempts": job.prior_attempts + (job.attempts if attempts is None else attempts),
+        "prior_attempts": job.prior_attempts, "claimed_at": job.claimed_at,
         "failed_at": utc_now(), "job_id": job.id, "traceback": trace,
     }
 
