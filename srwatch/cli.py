@@ -1,4 +1,4 @@
-"""Command line: `srwatch run|once|upscale|check-config|init|quarantine|eval|train|export|bench`.
+"""Command line: `srwatch run|once|upscale|check-config|init|status|quarantine|eval|train|export|bench`.
 
 Exit status: 0 success, 1 failure while running, 2 configuration or usage error.
 """
@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     unit = sub.add_parser("unit", help="print the systemd unit made for a config (network, folders, ExecStart)")
     unit.add_argument("-c", "--config", required=True, type=Path)
 
+    st = sub.add_parser("status", help="the running daemon's figures, or counts from the folders when it is stopped")
+    st.add_argument("-c", "--config", required=True, type=Path)
+    st.add_argument("--json", action="store_true", help="one JSON object")
+
     qu = sub.add_parser("quarantine", help="list quarantined files, or put them back into the inbox")
     qsub = qu.add_subparsers(dest="action", required=True)
     ql = qsub.add_parser("list", help="quarantined files with reason, message, time and attempts, oldest first")
@@ -102,6 +106,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_init(args.folder)
         if args.command == "unit":
             return cmd_unit(args.config)
+        if args.command == "status":
+            return cmd_status(args.config, as_json=args.json)
         if args.command == "quarantine" and args.action == "list":
             return cmd_quarantine_list(args.config, as_json=args.json)
         if args.command == "quarantine":
@@ -233,6 +239,18 @@ def cmd_unit(config: Path) -> int:
 
     cfg = load_config(config)
     print(tailor(shipped_unit(), cfg, config.resolve()), end="")
+    return EXIT_OK
+
+
+def cmd_status(config: Path, as_json: bool) -> int:
+    """`srwatch status -c FILE`: read-only; exit 0 whether the daemon runs or not."""
+    import json
+
+    from .config import load_config
+    from .status import collect, render
+
+    report = collect(load_config(config))
+    print(json.dumps(report, indent=1) if as_json else render(report))
     return EXIT_OK
 
 
