@@ -1,4 +1,4 @@
-"""Command line: `srwatch run|once|upscale|check-config|init|eval|train|export|bench`.
+"""Command line: `srwatch run|once|upscale|check-config|init|status|quarantine|eval|train|export|bench`.
 
 Exit status: 0 success, 1 failure while running, 2 configuration or usage error.
 """
@@ -51,6 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
     unit = sub.add_parser("unit", help="print the systemd unit made for a config (network, folders, ExecStart)")
     unit.add_argument("-c", "--config", required=True, type=Path)
 
+    unit = sub.add_parser("unit", help="print the systemd unit made for a config (network, folders, ExecStart)")
+    unit.add_argument("-c", "--config", required=True, type=Path)
+
+    st = sub.add_parser("status", help="the running daemon's figures, or counts from the folders when it is stopped")
+    st.add_argument("-c", "--config", required=True, type=Path)
+    st.add_argument("--json", action="store_true", help="one JSON object")
+
+    qu = sub.add_parser("quarantine", help="list quarantined files, or put them back into the inbox")
+    qsub = qu.add_subparsers(dest="action", required=True)
+    ql = qsub.add_parser("list", help="quarantined files with reason, message, time and attempts, oldest first")
+    ql.add_argument("-c", "--config", required=True, type=Path)
+    ql.add_argument("--json", action="store_true", help="one JSON object")
+    qr = qsub.add_parser("retry", help="move quarantined files back into the inbox, under their original path")
+    qr.add_argument("-c", "--config", required=True, type=Path)
+    qr.add_argument("names", nargs="*", metavar="NAME", help="a quarantined file: its path in quarantine, its original path, or its name")
+    qr.add_argument("--reason", action="append", default=[], help="every file quarantined for this reason (repeatable)")
+    qr.add_argument("--all", action="store_true", help="every quarantined file")
+    qr.add_argument("--dry-run", action="store_true", help="say what would move, move nothing")
+
     sub.add_parser("eval", help="PSNR/SSIM table on Set5 for model files (see `srwatch eval -h`)", add_help=False)
     sub.add_parser("train", help="train an EDSR model (needs the [train] extra)", add_help=False)
     sub.add_parser("export", help="export a training checkpoint to .pb and .onnx", add_help=False)
@@ -90,6 +109,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_init(args.folder)
         if args.command == "unit":
             return cmd_unit(args.config)
+        if args.command == "unit":
+            return cmd_unit(args.config)
+        if args.command == "status":
+            return cmd_status(args.config, as_json=args.json)
+        if args.command == "quarantine" and args.action == "list":
+            return cmd_quarantine_list(args.config, as_json=args.json)
+        if args.command == "quarantine":
+            return cmd_quarantine_retry(args)
     except ConfigError as exc:
         print(f"srwatch: configuration error:\n{_indent(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
@@ -218,6 +245,108 @@ def cmd_unit(config: Path) -> int:
     cfg = load_config(config)
     print(tailor(shipped_unit(), cfg, config.resolve()), end="")
     return EXIT_OK
+
+
+def cmd_unit(config: Path) -> int:
+    """`srwatch unit -c FILE`: the shipped systemd unit, its network, folders and ExecStart made for FILE."""
+    from .config import load_config
+    from .unit import shipped_unit, tailor
+
+    cfg = load_config(config)
+    print(tailor(shipped_unit(), cfg, config.resolve()), end="")
+    return EXIT_OK
+
+
+def cmd_status(config: Path, as_json: bool) -> int:
+    """`srwatch status -c FILE`: read-only; exit 0 whether the daemon runs or not."""
+    import json
+
+    from .config import load_config
+    from .status import collect, render
+
+    report = collect(load_config(config))
+    print(json.dumps(report, indent=1) if as_json else render(report))
+    return EXIT_OK
+
+
+def cmd_quarantine_list(config: Path, as_json: bool) -> int:
+    """`srwatch quarantine list -c FILE`: the records, oldest failure first (read-only)."""
+    import json
+
+    from .config import load_config
+    from .replay import as_json as items_json, list_quarantine, pending_count, table
+
+    cfg = load_config(config)
+    items = list_quarantine(cfg.paths.quarantine)
+    pending = pending_count(cfg.work_dir)
+    if as_json:
+        print(json.dumps({"quarantined": items_json(items), "pending_retries": pending}, indent=1))
+        return EXIT_OK
+    print(table(items))
+    if pending:
+        print(f"({pending} retried file(s) back in the inbox, not yet taken by the daemon)")
+    return EXIT_OK
+
+
+def cmd_quarantine_retry(args: argparse.Namespace) -> int:
+    """`srwatch quarantine retry -c FILE NAME...|--reason R|--all [--dry-run]`: exit 1 if some could not move."""
+    from .config import load_config, prepare_folders
+    from .replay import finish_interrupted, retry_all, retry_lock
+
+    usage = _retry_usage_error(args)
+    if usage:
+        print(f"srwatch: quarantine retry: {usage}", file=sys.stderr)
+        return EXIT_CONFIG
+    cfg = load_config(args.config)
+    if args.dry_run:
+        return _retry_dry_run(cfg, args)
+    prepare_folders(cfg)  # as the daemon does: the work folder takes the ledgers
+    with retry_lock(cfg.work_dir):
+        outcomes = finish_interrupted(cfg)  # first: it may remove records a killed retry left
+        items, unmatched = _retry_chosen(cfg, args)
+        outcomes += retry_all(cfg, items)
+    failed = len(unmatched)
+    for o in outcomes:
+        what = o.note or (o.item.file if o.item else "?")
+        if o.error:
+            failed += 1
+            print(f"srwatch: cannot retry {what}: {o.error}" if o.item else f"srwatch: {o.error}", file=sys.stderr)
+        else:
+            print(f"retried {what} -> inbox/{o.placed}" + (f" ({o.item.reason}, {o.item.attempts} attempt(s) so far)" if o.item else ""))
+    if not outcomes and not failed:
+        print("nothing to retry")
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def _retry_usage_error(args: argparse.Namespace) -> Optional[str]:
+    from .errors import REASON_CODES
+
+    if sum([bool(args.names), bool(args.reason), args.all]) != 1:
+        return "give NAMEs, --reason R or --all (exactly one of them)"
+    unknown = [r for r in args.reason if r not in REASON_CODES]
+    if unknown:
+        return f"unknown reason {', '.join(unknown)}; reasons: {', '.join(REASON_CODES)}"
+    return None
+
+
+def _retry_chosen(cfg, args: argparse.Namespace) -> tuple[list, list[str]]:
+    """The quarantined files chosen on the command line, and the NAMEs that matched none (said on stderr)."""
+    from .replay import list_quarantine, select
+
+    items, unmatched = select(list_quarantine(cfg.paths.quarantine), args.names, args.reason, args.all)
+    for name in unmatched:
+        print(f"srwatch: no quarantined file matches {name!r} (see `srwatch quarantine list`)", file=sys.stderr)
+    return items, unmatched
+
+
+def _retry_dry_run(cfg, args: argparse.Namespace) -> int:
+    from .replay import target
+
+    items, unmatched = _retry_chosen(cfg, args)
+    for item in items:
+        parts, name = target(cfg, item)
+        print(f"would retry {item.file} -> inbox/{'/'.join(parts + (name,))} ({item.reason}, {item.attempts} attempt(s) so far)")
+    return EXIT_FAIL if unmatched else EXIT_OK
 
 
 def _write_output(out: Path, data: bytes) -> None:
