@@ -51,9 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     unit = sub.add_parser("unit", help="print the systemd unit made for a config (network, folders, ExecStart)")
     unit.add_argument("-c", "--config", required=True, type=Path)
 
-    unit = sub.add_parser("unit", help="print the systemd unit made for a config (network, folders, ExecStart)")
-    unit.add_argument("-c", "--config", required=True, type=Path)
-
     st = sub.add_parser("status", help="the running daemon's figures, or counts from the folders when it is stopped")
     st.add_argument("-c", "--config", required=True, type=Path)
     st.add_argument("--json", action="store_true", help="one JSON object")
@@ -107,8 +104,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_upscale(args)
         if args.command == "init":
             return cmd_init(args.folder)
-        if args.command == "unit":
-            return cmd_unit(args.config)
         if args.command == "unit":
             return cmd_unit(args.config)
         if args.command == "status":
@@ -234,16 +229,6 @@ def cmd_init(folder: Path) -> int:
     _write_output(config, text.encode("utf-8"))
     print(f"created {config} and {', '.join(f'{name}/' for name in HOT_FOLDERS)} in {folder}")
     print(f"next: srwatch check-config {config}; srwatch run -c {config}; drop images into {folder / 'inbox'}")
-    return EXIT_OK
-
-
-def cmd_unit(config: Path) -> int:
-    """`srwatch unit -c FILE`: the shipped systemd unit, its network, folders and ExecStart made for FILE."""
-    from .config import load_config
-    from .unit import shipped_unit, tailor
-
-    cfg = load_config(config)
-    print(tailor(shipped_unit(), cfg, config.resolve()), end="")
     return EXIT_OK
 
 
