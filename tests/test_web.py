@@ -145,10 +145,15 @@ def test_upload_limits_and_names(layout: Layout) -> None:
         }
         got = [saved(upload(base, [(name, image_bytes(18, 14, seed=10 + i))]))[0] for i, name in enumerate(names)]
         assert got == list(names.values())
-        wait_finished(layout, len(names), 60, [daemon])
+        # Through a reverse proxy: the browser's origin is the proxy's name, which it passes on.
+        proxied = image_bytes(18, 14, seed=30)
+        assert saved(upload(base, [("proxied.png", proxied)], headers={
+            "Origin": "https://srwatch.example", "X-Forwarded-Host": "srwatch.example"})) == ["proxied.png"]
+        wait_finished(layout, len(names) + 1, 60, [daemon])
         assert daemon.stop() == 0
     assert not (layout.root / "escape.png").exists() and not (layout.root.parent / "escape.png").exists()
     drops = [Drop(saved_as, image_bytes(18, 14, seed=10 + i), size=(18, 14)) for i, saved_as in enumerate(names.values())]
+    drops.append(Drop("proxied.png", proxied, size=(18, 14)))
     assert_invariant(layout, drops)
 
 

@@ -241,7 +241,10 @@ async def upload(request: Request) -> Response:
 def _check_request(request: Request, site: Site) -> bool:
     """Refusals that need no body: foreign origin, wrong token, too long. True if the header carries the token."""
     origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
+    # Behind a reverse proxy the page's own origin is the proxy's name (X-Forwarded-Host); a
+    # foreign page can set neither header on a cross-site POST, so either may vouch for it.
+    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "").split(",")[0].strip()}
+    if origin is not None and urlsplit(origin).netloc.lower() not in {h.lower() for h in hosts if h}:
         # A form on another site posting here (CSRF): browsers always say where they come from.
         raise _Forbidden(f"uploads from another origin ({origin}) are refused")
     authorized = token_in_header(request.headers.get("authorization"), site.metrics.token)
