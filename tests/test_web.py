@@ -233,3 +233,23 @@ def test_page_and_upload_can_be_off(layout: Layout) -> None:
         assert upload(base, [("a.png", image_bytes(10, 10))]).status in (404, 405)
         assert daemon.stop() == 0
     assert inbox_visible(layout) == [] and upload_temps(layout.inbox) == []
+
+
+def test_abandoned_upload_temps_are_swept_at_start(layout: Layout) -> None:
+    """A daemon killed mid-upload leaves a hidden temp file: the next start removes it once it is old."""
+    layout.inbox.mkdir(parents=True)
+    stale, fresh = layout.inbox / ".upload-0123456789abcdef.part", layout.inbox / ".upload-fedcba9876543210.part"
+    stale.write_bytes(b"half an upload")
+    fresh.write_bytes(b"an upload of another srwatch, going on")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    other = layout.inbox / ".upload-notes.txt"  # not our temp name: never touched
+    other.write_bytes(b"x")
+    context, base = serve(layout)
+    with context as daemon:
+        wait_http(base)
+        assert upload_temps(layout.inbox) == sorted([fresh.name, other.name])
+        assert "removed 1 upload temp file(s)" in daemon.log()
+        assert daemon.stop() == 0
+    assert_invariant(layout, [Drop(fresh.name, fresh.read_bytes(), expect="inbox"),
+                              Drop(other.name, b"x", expect="inbox")])

@@ -21,6 +21,7 @@ from ..config import MetricsConfig
 from ..errors import ConfigError
 from ..telemetry import Telemetry
 from .app import Site, create_app
+from .upload import STALE_TEMP_SECONDS, sweep_stale_temps
 
 log = logging.getLogger("srwatch.web")
 
@@ -49,6 +50,9 @@ class WebServer:
     def start(self) -> None:
         """Bind (ConfigError if the address cannot be had), then serve in a daemon thread."""
         self._sock = bind(self.metrics)
+        swept = sweep_stale_temps(self.site.inbox, STALE_TEMP_SECONDS)
+        if swept:
+            log.info("removed %d upload temp file(s) abandoned in the inbox", swept)
         # uvicorn's start and stop lines say nothing our own line does not; its warnings stay.
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         config = uvicorn.Config(

@@ -15,6 +15,8 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -29,6 +31,7 @@ from ..watcher import is_ignored
 ALLOWED_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 TEMP_PREFIX = ".upload-"
 TEMP_SUFFIX = ".part"
+STALE_TEMP_SECONDS = 3600.0  # in seconds: an upload temp file untouched this long was abandoned
 MAX_FIELD_BYTES = 4096  # in bytes: a non-file form field (the token); more is refused
 MAX_PART_HEADER_BYTES = 8192  # in bytes: one header line of a part (a long file name fits)
 MAX_PART_HEADERS = 16  # header lines per part
@@ -260,6 +263,33 @@ class UploadReceiver:
 
     def _on_end(self) -> None:
         self._ended = True
+
+
+def sweep_stale_temps(inbox: Path, max_age: float) -> int:
+    """Remove upload temp files not written for `max_age` seconds (left by a killed daemon); how many.
+
+    Only old ones: another srwatch sharing this inbox may be receiving an upload right now.
+    """
+    removed = 0
+    now = time.time()
+    try:
+        dir_fd = safefs.open_root(inbox)
+    except OSError:
+        return 0  # no inbox yet: nothing left over either
+    try:
+        for name in os.listdir(dir_fd):
+            if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+                continue
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and now - st.st_mtime > max_age:
+                    os.unlink(name, dir_fd=dir_fd)
+                    removed += 1
+            except OSError:
+                continue
+    finally:
+        os.close(dir_fd)
+    return removed
 
 
 def token_in_header(authorization: Optional[str], token: Optional[str]) -> Optional[bool]:
