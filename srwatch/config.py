@@ -382,17 +382,19 @@ class Config(_Section):
 
     def worker_layout(self) -> tuple[int, int]:
         """(workers, threads per worker), with 'auto' resolved from the CPUs we may use."""
-        cpus = available_cpus()
-        threads = self.pool.threads_per_worker
-        workers = self.pool.workers
-        if workers == "auto" and threads == "auto":
-            # Many small images keep the pool busy best with one thread per process.
-            threads = 1
-        if workers == "auto":
-            workers = max(1, min(8, cpus // int(threads)))
-        if threads == "auto":
-            threads = max(1, cpus // int(workers))
-        return int(workers), int(threads)
+        return layout_for(self.pool.workers, self.pool.threads_per_worker, available_cpus())
+
+
+def layout_for(workers: Union[int, str], threads: Union[int, str], cpus: int) -> tuple[int, int]:
+    """(workers, threads per worker) for pool settings, 'auto' resolved for `cpus` CPUs."""
+    if workers == "auto" and threads == "auto":
+        # Many small images keep the pool busy best with one thread per process.
+        threads = 1
+    if workers == "auto":
+        workers = max(1, min(8, cpus // int(threads)))
+    if threads == "auto":
+        threads = max(1, cpus // int(workers))
+    return int(workers), int(threads)
 
 
 def resolve_engine(model: "ModelConfig") -> str:

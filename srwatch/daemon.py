@@ -4,30 +4,36 @@ Reads top to bottom like rq's worker: `run()` = bootstrap, a loop of small named
 (take signals, watch, claim, dispatch, collect, heartbeat), teardown in `finally`. Signal
 handlers only set flags (gunicorn's rule); a starting generation of workers is a state of
 the loop, never a wait, so a stop is handled within one tick even while models load.
+
+One daemon runs one or more hot folders (profiles, hotfolder.HotFolder), each with its own
+folders, lock, watcher and claimed queue. Hot folders whose model settings match share one
+group of workers (Group); a job carries its folder's config to the worker, which keeps one
+engine for the group. Claims and dispatches take turns across folders (higher priority
+first), so a burst in one folder never starves another.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import signal
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Optional
+from datetime import datetime
+from typing import Iterable, Optional
 
 from . import claim, sink
 from .claim import Job
-from .config import Config, check_model_file, load_config, prepare_folders, resolve_engine, resolve_precision
+from .config import (
+    Config, available_cpus, check_model_file, layout_for, load_config, prepare_folders, resolve_engine,
+    resolve_precision,
+)
 from .errors import ConfigError, JobError, LinkRefused, NotAFile, StorageError
+from .hotfolder import HotFolder
 from .messages import Deferred, Done, Failed, Gone, LoadFailed, Ready
 from .notify import Notifier
-from .policy import Backoff, JobPolicy, Quarantine, Retry
+from .policy import JobPolicy, Quarantine, Retry
 from .pool import Event, Pool, Worker, WorkerState, describe_exit
 from .telemetry import Pipeline, Telemetry, WorkerView
-from .watcher import InboxWatcher
+from .webhook import Notification, WebhookSender
 
 log = logging.getLogger("srwatch.daemon")
 
@@ -48,116 +54,114 @@ class Counters:
 
 @dataclass
 class Generation:
-    """Workers started together for one config; they serve once every one of them holds its model."""
+    """Workers started together for one group; they serve once every one of them holds its model."""
 
     number: int
     cfg: Config
     deadline: float  # monotonic
+    size: tuple[int, int] = (1, 1)  # (workers, threads per worker)
     workers: list[Worker] = field(default_factory=list)
     reload: bool = False  # started by SIGHUP (a failure keeps the running workers)
 
 
+@dataclass(eq=False)
+class Group:
+    """Workers that hold one model (one set of worker settings), serving the hot folders that use it."""
+
+    key: tuple
+    cfg: Config  # the config of a hot folder it serves: what its workers load
+    size: tuple[int, int]  # (workers, threads per worker)
+    active: int = 0  # the generation that serves (0: none yet)
+    starting: Optional[Generation] = None
+    respawn_delay: float = 0.0
+    next_respawn: float = 0.0
+    owed_restarts: int = 0  # workers that died and are to be replaced
+
+    @property
+    def label(self) -> str:
+        """e.g. 'EDSR-srwatch_x3.onnx', for logs."""
+        return self.cfg.model.path.name
+
+
 class Daemon:
-    """One running srwatch: folders, watcher, pool and their bookkeeping."""
+    """One running srwatch: hot folders, worker groups and their bookkeeping."""
 
     def __init__(self, cfg: Config, once: bool = False, progress: bool = False) -> None:
-        self.cfg = cfg
+        self.cfg = cfg  # the whole file: pool, log, metrics, shutdown_timeout are daemon-wide
         self.once = once
         self.progress = progress
         self.pool = Pool()
         self.policy = JobPolicy(cfg.pool.max_attempts, cfg.pool.job_timeout)
-        self.watcher: Optional[InboxWatcher] = None
-        self.queue: deque[Job] = deque()  # claimed jobs waiting for a worker (bounded)
-        self.doomed: dict[str, JobError] = {}  # job id -> why it goes to quarantine without a worker
+        self.folders: list[HotFolder] = [HotFolder(f) for f in cfg.hot_folders()]
+        self.groups: dict[tuple, Group] = {}
+        self.owner: dict[str, HotFolder] = {}  # job id -> the hot folder it was claimed from
         self.notifier = Notifier()
+        self.webhooks = WebhookSender(on_result=self._webhook_result)
         self.counters = Counters()
-        self.telemetry = Telemetry(engine=_engine_label(cfg), model=cfg.model.path.name)
+        first = self.folders[0].cfg
+        self.telemetry = Telemetry(engine=_engine_label(first), model=first.model.path.name)
         self.taken_at: dict[str, float] = {}  # job id -> monotonic time it was claimed (or recovered)
-        self.owed_restarts = 0  # workers that died and are to be replaced
-        self.claim_pause = Backoff()  # the work folder cannot take a claim
-        self.sink_pause = Backoff()  # outbox, archive or quarantine cannot take a write
-        self.active = 0  # the generation that serves jobs (0: none yet)
-        self.starting: Optional[Generation] = None
+        self.opened = False  # folders, locks and watchers are open (after the first models loaded)
         self.announced = False  # READY=1 sent
         self.stopping = False
         self.force_stop = False
         self.reload_requested = False
         self.stop_deadline = 0.0
-        self.respawn_delay = 0.0
-        self.next_respawn = 0.0
+        self._turn = 0  # rotates the first folder among equal priorities
+        self._generations = 0
+        self.pending: Optional[Config] = None  # a reloaded config waiting for its new workers
         self._last_status = 0.0
-        self._lock_fd: Optional[int] = None
         self._bar = None
         self.web = None  # the HTTP endpoint (srwatch.web.WebServer) while metrics.listen is set
 
     # -- bootstrap -----------------------------------------------------------------------
     def bootstrap(self) -> None:
-        """Check the config, start the first generation of workers loading; folders come once they hold the model.
+        """Check the config, start every group's workers loading; folders come once they hold their models.
 
-        Nothing is created or taken before the model has loaded: a config whose model does not
-        load (exit 2) leaves the folders as they were.
+        Nothing is created or taken before the models have loaded: a config whose model does
+        not load (exit 2) leaves the folders as they were.
         """
-        check_model_file(self.cfg)
-        prepare_folders(self.cfg, create=False)  # checks only
+        for folder in self.folders:
+            check_model_file(folder.cfg)
+            prepare_folders(folder.cfg, create=False)  # checks only
         self._start_web()  # before the model loads: a taken port is exit 2 at once; /metrics shows the start
-        self.starting = self._start_generation(self.cfg, reload=False)
+        for group in plan_groups(self.cfg).values():
+            self.groups[group.key] = group
+            group.starting = self._start_generation(group, reload=False)
+        for folder in self.folders:
+            folder.group = group_key(folder.cfg)
 
     def _open_folders(self) -> None:
-        """Folders, lock, recovered jobs and the watcher: the daemon starts taking files."""
-        prepare_folders(self.cfg)
-        self._take_lock()
-        self._recover()
-        self.watcher = InboxWatcher(self.cfg.paths.inbox, self.cfg.watch, exclude=self._own_folders())
-        if self.once:
-            self.watcher.rescan()
-        else:
-            self.watcher.start()
+        """Folders, locks, recovered jobs and watchers: the daemon starts taking files."""
+        for folder in self.folders:
+            self._open_folder(folder)
+        self.opened = True
         if self.progress:
             self._open_progress()
 
-    def _own_folders(self) -> list[Path]:
-        return [self.cfg.paths.outbox, self.cfg.paths.quarantine, self.cfg.paths.archive, self.cfg.work_dir]
-
-    def _take_lock(self) -> None:
-        """One daemon per work folder: two would process the same claimed files."""
-        path = self.cfg.work_dir / claim.LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ConfigError(f"paths.work: another srwatch is already using {self.cfg.work_dir}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
-    def _recover(self) -> None:
-        """Jobs left claimed by an earlier run go first; a file that keeps killing us is quarantined."""
-        jobs = claim.recover(self.cfg.work_dir)
-        swept = sink.sweep_temps(
-            [self.cfg.paths.outbox, self.cfg.paths.archive, self.cfg.paths.quarantine], {j.id for j in jobs}
-        )
-        if swept:
-            log.info("removed %d temp file(s) left by an earlier run", swept)
-        for job in jobs:
-            decision = self.policy.after_restart(job)
-            if isinstance(decision, Quarantine):
-                self.doomed[job.id] = decision.error
-            else:
-                log.info("taking %s again (claimed by an earlier run)", job.rel)
+    def _open_folder(self, folder: HotFolder) -> None:
+        for job in folder.open(self.policy, self.once):
             self.taken_at[job.id] = time.monotonic()
-            self.queue.append(job)
+            self.owner[job.id] = folder
 
-    def _start_generation(self, cfg: Config, reload: bool) -> Generation:
-        """Start a full set of workers for `cfg`; they serve once all hold their model (see _step_generation)."""
-        number = self.active + 1 if self.starting is None else self.starting.number + 1
-        gen = Generation(number, cfg, time.monotonic() + STARTUP_TIMEOUT, reload=reload)
-        gen.workers = [self.pool.spawn(cfg, number) for _ in range(cfg.worker_layout()[0])]
+    def _start_generation(self, group: Group, reload: bool, size: Optional[tuple[int, int]] = None) -> Generation:
+        """Start a full set of workers for `group`; they serve once all hold their model (see _step_generations)."""
+        number = self._next_generation()
+        size = size or group.size
+        gen = Generation(number, group.cfg, time.monotonic() + STARTUP_TIMEOUT, size=size, reload=reload)
+        gen.workers = [self.pool.spawn(gen.cfg, number, threads=size[1]) for _ in range(size[0])]
         return gen
+
+    def _next_generation(self) -> int:
+        """Generation numbers are unique across groups: a worker's number names its group."""
+        self._generations += 1
+        return self._generations
 
     # -- signals -------------------------------------------------------------------------
     def install_signals(self) -> None:
         """TERM/INT: graceful stop (a second one forces it). HUP: reload the config."""
+        import signal
+
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -184,13 +188,14 @@ class Daemon:
                 if self.once and self.announced and self._idle():
                     break
                 self._take_reload()
-                self._step_generation()
+                self._step_generations()
                 self._watch()
                 self._claim()
                 self._dispatch()
                 self._collect()
                 self._check_timeouts()
                 self._keep_pool_full()
+                self._close_retired_folders()
                 self._heartbeat()
             return 0
         finally:
@@ -201,122 +206,201 @@ class Daemon:
             self.reload_requested = False
             self.reload()
 
-    def _step_generation(self) -> None:
+    def _step_generations(self) -> None:
         """Promote a starting generation once every worker holds its model; fail it if one cannot."""
-        gen = self.starting
-        if gen is None:
-            return
-        if any(w.state is WorkerState.DEAD for w in gen.workers) or time.monotonic() > gen.deadline:
-            self._abort_generation(gen, "a worker died while loading" if time.monotonic() <= gen.deadline
-                                   else f"workers did not load {gen.cfg.model.path} within {STARTUP_TIMEOUT:.0f} s")
-            return
-        if all(w.state is WorkerState.IDLE for w in gen.workers):
-            self._promote(gen)
+        for group in list(self.groups.values()):
+            gen = group.starting
+            if gen is None:
+                continue
+            late = time.monotonic() > gen.deadline
+            if late or any(w.state is WorkerState.DEAD for w in gen.workers):
+                why = (f"workers did not load {gen.cfg.model.path} within {STARTUP_TIMEOUT:.0f} s" if late
+                       else "a worker died while loading")
+                self._abort_generation(group, gen, why)
+            elif all(w.state is WorkerState.IDLE for w in gen.workers):
+                self._promote(group, gen)
 
-    def _promote(self, gen: Generation) -> None:
-        old = [w for w in self.pool.workers if w.generation != gen.number]
-        for w in old:
-            self.pool.retire(w)
-        self.starting = None
-        self.active = gen.number
+    def _promote(self, group: Group, gen: Generation) -> None:
+        for w in self.pool.workers:
+            if w.generation == group.active:
+                self.pool.retire(w)
+        group.starting = None
+        group.active = gen.number
+        group.size = gen.size
+        group.cfg = gen.cfg
         if gen.reload:
-            self._apply_config(gen.cfg)
-            log.info("reloaded: new workers hold %s", gen.cfg.model.path.name)
-        elif self.watcher is None:
+            log.info("reloaded: new workers hold %s", group.label)
+            if self.pending is not None and not any(g.starting is not None for g in self.groups.values()):
+                self._apply_config(self.pending)
+            return
+        if any(g.starting is not None and not g.starting.reload for g in self.groups.values()):
+            return  # first start: the other groups are still loading
+        if not self.opened:
             self._open_folders()
-        workers, threads = gen.cfg.worker_layout()
-        loads = [w.load_seconds for w in gen.workers if w.load_seconds is not None]
-        log.info(
-            "srwatch ready: watching %s (%s), %d worker(s) x %d thread(s), model %s (loaded in %.1f s)",
-            self.cfg.paths.inbox, "polling" if self.cfg.watch.polling else "inotify", workers, threads,
-            self.cfg.model.path.name, max(loads, default=0.0),
-        )
+            self._announce(gen)
+
+    def _announce(self, gen: Generation) -> None:
+        loads = [w.load_seconds for w in self.pool.workers if w.load_seconds is not None]
+        for folder in self.folders:
+            workers, threads = self.groups[folder.group].size
+            log.info(
+                "srwatch ready: watching %s (%s), %d worker(s) x %d thread(s), model %s (loaded in %.1f s)%s",
+                folder.cfg.paths.inbox, "polling" if folder.cfg.watch.polling else "inotify", workers, threads,
+                folder.cfg.model.path.name, max(loads, default=0.0),
+                "" if folder.name == "default" else f", profile {folder.name}",
+            )
         self.announced = True
         self.notifier.ready(self.status_line())
 
-    def _abort_generation(self, gen: Generation, why: str) -> None:
+    def _abort_generation(self, group: Group, gen: Generation, why: str) -> None:
         for w in gen.workers:
             if w.state is not WorkerState.DEAD:
                 self.pool.kill(w)
-        self.starting = None
+        group.starting = None
         if not gen.reload:
-            raise ConfigError(f"model.path: {why}")
-        log.error("reload failed, keeping the running workers: %s", why)
+            prefix = "model.path" if len(self.folders) == 1 else f"model.path ({group.label})"
+            raise ConfigError(f"{prefix}: {why}")
+        log.error("reload failed, keeping the running workers and config: %s", why)
+        # The whole reload is off: other groups it started stop loading, and new groups go.
+        for other in self.groups.values():
+            if other.starting is not None and other.starting.reload:
+                for w in other.starting.workers:
+                    self.pool.kill(w)
+                other.starting = None
+        for key in [k for k, g in self.groups.items() if not g.active]:
+            del self.groups[key]
+        self.pending = None
         self.notifier.ready(self.status_line())
 
     def _watch(self) -> None:
-        if self.watcher is None or self.stopping:
+        if not self.opened or self.stopping:
             return
-        self.watcher.poll()
+        for folder in self.folders:
+            if folder.watcher is not None and not folder.retiring:
+                folder.watcher.poll()
         if self._bar is not None:
             self._bar.total = self.counters.done + self.counters.quarantined + self._outstanding()
             self._bar.refresh()
 
     def _claim(self) -> None:
-        """Claim ready entries while the queue has room: a burst never floods memory."""
-        now = time.monotonic()
-        if self.stopping or self.watcher is None or self.claim_pause.waiting(now):
+        """Claim ready entries while each folder's queue has room: a burst never floods memory."""
+        if self.stopping or not self.opened:
             return
-        while len(self.queue) < self.cfg.pool.queue_size:
-            cand = self.watcher.take()
+        now = time.monotonic()
+        wall = datetime.now()
+        for folder in self._in_turn(self.folders):
+            if folder.retiring or folder.watcher is None or folder.claim_pause.waiting(now):
+                continue
+            if not folder.is_open(wall):
+                self._log_held(folder, wall)
+                continue
+            if folder.held_logged:
+                folder.held_logged = False
+                log.info("hot folder %s is open (schedule.hours %s)", folder.name, folder.cfg.schedule.hours)
+            self._claim_from(folder, now)
+        self._turn += 1
+
+    def _claim_from(self, folder: HotFolder, now: float) -> None:
+        while len(folder.queue) < self.cfg.pool.queue_size:
+            cand = folder.watcher.take()
             if cand is None:
                 return
             try:
-                job = claim.claim(cand, self.cfg.paths.inbox, self.cfg.work_dir)
+                job = claim.claim(cand, folder.cfg.paths.inbox, folder.cfg.work_dir)
             except claim.Changed:
                 log.debug("%s changed after it settled; waiting for it again", cand.path)
-                self.watcher.resettle(cand.path)
+                folder.watcher.resettle(cand.path)
                 continue
             except StorageError as exc:
-                self.watcher.put_back(cand)
-                if self.claim_pause.failed(now, str(exc)):
+                folder.watcher.put_back(cand)
+                if folder.claim_pause.failed(now, str(exc)):
                     log.error("claiming paused: %s; the files wait in the inbox, retrying with back-off", exc)
                 return
-            if self.claim_pause.succeeded():
+            if folder.claim_pause.succeeded():
                 log.warning("claiming resumed")
             if job is None:
                 continue
-            log.debug("claimed %s as %s", job.rel, job.id)
+            log.debug("claimed %s as %s", folder.show(job.rel), job.id)
             self.telemetry.claimed()
             self.taken_at[job.id] = time.monotonic()
+            self.owner[job.id] = folder
             if job.kind == "link":
-                self.doomed[job.id] = LinkRefused("a symbolic link in the inbox; srwatch never follows links")
+                folder.doomed[job.id] = LinkRefused("a symbolic link in the inbox; srwatch never follows links")
             elif job.kind == "other":
-                self.doomed[job.id] = NotAFile("not a regular file (a FIFO, socket or device); never opened")
-            self.queue.append(job)
+                folder.doomed[job.id] = NotAFile("not a regular file (a FIFO, socket or device); never opened")
+            folder.queue.append(job)
+
+    def _log_held(self, folder: HotFolder, wall: datetime) -> None:
+        if not folder.held_logged:
+            folder.held_logged = True
+            opening = folder.hours.next_opening(wall) if folder.hours else None
+            log.info("hot folder %s is closed (schedule.hours %s): new files wait in the inbox%s", folder.name,
+                     folder.cfg.schedule.hours, f" until {opening:%Y-%m-%d %H:%M:%S}" if opening else "")
+
+    def _in_turn(self, folders: Iterable[HotFolder]) -> list[HotFolder]:
+        """Higher priority first; folders of equal priority take turns being first (round robin)."""
+        by_priority: dict[int, list[HotFolder]] = {}
+        for f in folders:
+            by_priority.setdefault(f.cfg.priority, []).append(f)
+        ordered: list[HotFolder] = []
+        for priority in sorted(by_priority, reverse=True):
+            same = by_priority[priority]
+            k = self._turn % len(same)
+            ordered.extend(same[k:] + same[:k])
+        return ordered
 
     def _dispatch(self) -> None:
-        now = time.monotonic()
-        if self.stopping or self.sink_pause.waiting(now):
+        """Quarantine doomed jobs; give each idle worker the next job of the folders its group serves."""
+        if self.stopping:
             return
-        while self.queue:
-            job = self.queue[0]
-            error = self.doomed.get(job.id)
-            if error is not None:
-                self.queue.popleft()
-                if not self._settle_here(job, error):
-                    return
+        now = time.monotonic()
+        for folder in self.folders:
+            if not folder.sink_pause.waiting(now):
+                self._settle_doomed(folder)
+        for group in self.groups.values():
+            if not group.active:
                 continue
-            idle = self.pool.idle(self.active)
-            if not idle:
-                return
-            job = claim.set_attempts(self.queue.popleft(), job.attempts + 1)
-            worker = idle[0]
-            if self.pool.dispatch(worker, job):
-                log.debug("dispatched %s to %s (pid %d, attempt %d)", job.rel, worker.name, worker.pid, job.attempts)
-            else:  # it just died: its death comes through _collect; this attempt did not happen
-                self.queue.appendleft(claim.set_attempts(job, job.attempts - 1))
+            folders = [f for f in self._in_turn(self.folders) if f.group == group.key and f.queue
+                       and not f.sink_pause.waiting(now)]
+            while folders:
+                idle = self.pool.idle(group.active)
+                if not idle:
+                    break
+                folder = folders.pop(0)
+                if not self._dispatch_one(folder, idle[0]):
+                    break
+                if folder.queue:
+                    folders.append(folder)  # round robin: its next job after the others' first
+
+    def _settle_doomed(self, folder: HotFolder) -> None:
+        """Doomed jobs (links, crashes, timeouts) at the head of the queue go to quarantine here."""
+        while folder.queue and folder.queue[0].id in folder.doomed:
+            job = folder.queue.popleft()
+            if not self._settle_here(folder, job, folder.doomed[job.id]):
                 return
 
-    def _settle_here(self, job: Job, error: JobError) -> bool:
+    def _dispatch_one(self, folder: HotFolder, worker: Worker) -> bool:
+        head = folder.queue[0]
+        if head.id in folder.doomed:
+            return self._settle_here(folder, folder.queue.popleft(), folder.doomed[head.id])
+        job = claim.set_attempts(folder.queue.popleft(), head.attempts + 1)
+        if self.pool.dispatch(worker, job, folder.cfg):
+            log.debug("dispatched %s to %s (pid %d, attempt %d)", folder.show(job.rel), worker.name, worker.pid,
+                      job.attempts)
+            return True
+        # It just died: its death comes through _collect; this attempt did not happen.
+        folder.queue.appendleft(claim.set_attempts(job, job.attempts - 1))
+        return False
+
+    def _settle_here(self, folder: HotFolder, job: Job, error: JobError) -> bool:
         """Quarantine a job in the supervisor (a link, a crash, a timeout); False if a folder cannot take it now."""
         try:
-            result = sink.fail(self.cfg, job, error)
+            result = sink.fail(folder.cfg, job, error)
         except StorageError as exc:
-            self.queue.appendleft(job)
-            self._pause_sink(str(exc))
+            folder.queue.appendleft(job)
+            self._pause_sink(folder, str(exc))
             return False
-        self.doomed.pop(job.id, None)
+        folder.doomed.pop(job.id, None)
         self._report(job, result)
         return True
 
@@ -329,36 +413,50 @@ class Daemon:
         msg, worker = event.msg, event.worker
         if isinstance(msg, Ready):
             self.telemetry.model_loaded(msg.load_seconds)
-            if worker.generation == self.active:
-                self.respawn_delay = 0.0
+            group = self._group_of(worker)
+            if group is not None and worker.generation == group.active:
+                group.respawn_delay = 0.0
         elif isinstance(msg, LoadFailed):
             log.error("%s could not load the model: %s", worker.name, msg.message)
         elif isinstance(msg, Deferred):
             assert event.job is not None
-            self.queue.appendleft(claim.set_attempts(event.job, event.job.attempts - 1))  # not the file's fault
-            self._pause_sink(msg.message)
+            folder = self._folder_of(event.job)
+            folder.queue.appendleft(claim.set_attempts(event.job, event.job.attempts - 1))  # not the file's fault
+            self._pause_sink(folder, msg.message)
             self._after_job(worker)
         elif isinstance(msg, (Done, Failed, Gone)):
-            if self.sink_pause.succeeded():
+            folder = self._folder_of(event.job) if event.job else None
+            if folder is not None and folder.sink_pause.succeeded():
                 log.warning("writing resumed")
             self._report(event.job, msg, worker)
             self._after_job(worker)
         elif msg is None:
             self._worker_died(worker, event.job)
 
-    def _pause_sink(self, why: str) -> None:
-        if self.sink_pause.failed(time.monotonic(), why):
+    def _folder_of(self, job: Job) -> HotFolder:
+        return self.owner.get(job.id) or self.folders[0]
+
+    def _group_of(self, worker: Worker) -> Optional[Group]:
+        for group in self.groups.values():
+            if worker.generation == group.active or (group.starting and worker.generation == group.starting.number):
+                return group
+        return None
+
+    def _pause_sink(self, folder: HotFolder, why: str) -> None:
+        if folder.sink_pause.failed(time.monotonic(), why):
             log.error("delivery paused: %s; files stay claimed, retrying with back-off", why)
 
     def _report(self, job: Optional[Job], msg, worker: Optional[Worker] = None) -> None:
-        """Count and log one finished job: one line per file (with fields for log.format: json)."""
+        """Count, log and notify one finished job: one line per file (with fields for log.format: json)."""
         job_id = job.id if job else getattr(msg, "job_id", "?")
+        folder = self.owner.pop(job_id, None) or self.folders[0]
         rel = job.rel if job else job_id
+        shown = folder.show(rel)
         seconds = time.monotonic() - self.taken_at.pop(job_id, time.monotonic())
         by = worker.name if worker else "supervisor"
         self.telemetry.finished(job_id, rel, msg, seconds, by)
-        fields: dict = {"event": type(msg).__name__.lower(), "path": rel, "job": job_id, "worker": by,
-                        "size": job.size if job else None, "seconds": round(seconds, 3)}
+        fields: dict = {"event": type(msg).__name__.lower(), "path": rel, "profile": folder.name, "job": job_id,
+                        "worker": by, "size": job.size if job else None, "seconds": round(seconds, 3)}
         if isinstance(msg, Done):
             self.counters.done += 1
             fields.update(event="done", output=msg.output, archived=msg.archived, resumed=msg.resumed,
@@ -366,25 +464,44 @@ class Daemon:
             if msg.input_size:
                 fields.update(input_size=list(msg.input_size), output_size=list(msg.output_size or ()))
             if msg.resumed:
-                log.info("done %s -> %s (delivered by an earlier attempt; original now archived)", rel, msg.output,
+                log.info("done %s -> %s (delivered by an earlier attempt; original now archived)", shown, msg.output,
                          extra={"fields": fields})
             else:
                 extra = f", {' ; '.join(msg.notes)}" if msg.notes else ""
                 stages = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in msg.stages.items())
                 log.info(
-                    "done %s -> %s (%dx%d -> %dx%d, %.2f s%s%s; %s; %s; %s)", rel, msg.output, *msg.input_size,
+                    "done %s -> %s (%dx%d -> %dx%d, %.2f s%s%s; %s; %s; %s)", shown, msg.output, *msg.input_size,
                     *msg.output_size, msg.seconds, ", cached" if msg.cached else "", extra, _kb(job),
                     stages, by, extra={"fields": fields},
                 )
         elif isinstance(msg, Failed):
             self.counters.quarantined += 1
             fields.update(event="quarantined", reason=msg.reason, error=msg.message, quarantined=msg.quarantined)
-            log.warning("quarantined %s: %s: %s (%s)", rel, msg.reason, msg.message, by, extra={"fields": fields})
+            log.warning("quarantined %s: %s: %s (%s)", shown, msg.reason, msg.message, by, extra={"fields": fields})
         elif isinstance(msg, Gone):
             fields.update(event="gone")
-            log.warning("%s was removed from the work folder by someone else; nothing to do", rel, extra={"fields": fields})
+            log.warning("%s was removed from the work folder by someone else; nothing to do", shown,
+                        extra={"fields": fields})
+        self._notify(folder, fields)
         if self._bar is not None:
             self._bar.update(1)
+
+    def _notify(self, folder: HotFolder, fields: dict) -> None:
+        """notify.webhook: queued for the sender thread; never waits."""
+        hook = folder.cfg.notify
+        if hook.webhook and fields["event"] in ("done", "quarantined"):
+            body = {"profile": folder.name, "event": fields["event"], "input": fields["path"],
+                    "output": fields.get("output"), "archived": fields.get("archived"),
+                    "quarantined": fields.get("quarantined"), "reason": fields.get("reason"),
+                    "message": fields.get("error"), "input_size": fields.get("input_size"),
+                    "output_size": fields.get("output_size"), "size": fields.get("size"),
+                    "seconds": fields["seconds"], "ms": fields.get("ms"), "time": time.time()}
+            self.webhooks.send(Notification(hook.webhook, body, hook.timeout, hook.retries, folder.name))
+
+    def _webhook_result(self, profile: str, delivered: bool) -> None:
+        # Called from the sender's thread: prometheus_client counters are thread-safe.
+        if not delivered:
+            self.telemetry.webhook_failed(profile)
 
     def _after_job(self, worker: Worker) -> None:
         """Recycle a worker that has done its share."""
@@ -394,59 +511,87 @@ class Daemon:
 
     def _worker_died(self, worker: Worker, job: Optional[Job]) -> None:
         how = describe_exit(worker.process.exitcode)
-        if self.starting is not None and worker in self.starting.workers:
-            return  # a loading worker: _step_generation fails the generation
-        if worker.state is WorkerState.RETIRING and job is None:
+        group = self._group_of(worker)
+        if group is not None and group.starting is not None and worker in group.starting.workers:
+            return  # a loading worker: _step_generations fails the generation
+        if worker.retired and job is None:
             log.debug("%s retired", worker.name)
             return
-        self._schedule_respawn(worker)
-        self.owed_restarts += 1
+        if group is not None:
+            self._schedule_respawn(group, worker)
+            group.owed_restarts += 1
         if job is None:
             log.error("%s died (%s) without a file", worker.name, how)
             return
+        folder = self._folder_of(job)
         self.counters.crashed += 1
         self.telemetry.worker_crashed()
         hint = " (SIGKILL from outside the daemon: perhaps the kernel's OOM killer)" if "SIGKILL" in how else ""
-        log.error("%s died (%s) while processing %s (attempt %d)%s", worker.name, how, job.rel, job.attempts, hint)
+        log.error("%s died (%s) while processing %s (attempt %d)%s", worker.name, how, folder.show(job.rel),
+                  job.attempts, hint)
         decision = self.policy.after_crash(job, how)
         if isinstance(decision, Retry):
-            self.queue.appendleft(decision.job)
+            folder.queue.appendleft(decision.job)
         else:
-            self.doomed[job.id] = decision.error
-            self.queue.appendleft(job)
+            folder.doomed[job.id] = decision.error
+            folder.queue.appendleft(job)
 
-    def _schedule_respawn(self, worker: Worker) -> None:
+    @staticmethod
+    def _schedule_respawn(group: Group, worker: Worker) -> None:
         """Back off if workers die right after starting (e.g. the model no longer loads)."""
         lived = time.monotonic() - worker.started_at
         if lived < 5.0:
-            self.respawn_delay = min(RESPAWN_BACKOFF_MAX, max(0.5, self.respawn_delay * 2))
+            group.respawn_delay = min(RESPAWN_BACKOFF_MAX, max(0.5, group.respawn_delay * 2))
         else:
-            self.respawn_delay = 0.0
-        self.next_respawn = time.monotonic() + self.respawn_delay
+            group.respawn_delay = 0.0
+        group.next_respawn = time.monotonic() + group.respawn_delay
 
     def _check_timeouts(self) -> None:
         for worker, error in self.policy.overdue(self.pool.busy(), time.monotonic()):
-            log.error("%s exceeded pool.job_timeout on %s; killing it", worker.name, worker.job.rel)
+            folder = self._folder_of(worker.job)
+            log.error("%s exceeded pool.job_timeout on %s; killing it", worker.name, folder.show(worker.job.rel))
             job = self.pool.kill(worker)
             if job is not None:
-                self.doomed[job.id] = error
-                self.queue.appendleft(job)
+                folder.doomed[job.id] = error
+                folder.queue.appendleft(job)
 
     def _keep_pool_full(self) -> None:
-        if self.stopping or self.starting is not None or not self.active:
+        if self.stopping:
             return
-        current = self.pool.serving(self.active)
-        if len(current) < self.cfg.worker_layout()[0] and time.monotonic() >= self.next_respawn:
-            self.pool.spawn(self.cfg, self.active)
-            if self.owed_restarts:
-                self.owed_restarts -= 1
-                self.telemetry.worker_restarted()
-            self.next_respawn = time.monotonic() + max(0.5, self.respawn_delay)
+        for group in self.groups.values():
+            if not group.active or (group.starting is not None and not group.starting.reload):
+                continue
+            current = self.pool.serving(group.active)
+            if len(current) < group.size[0] and time.monotonic() >= group.next_respawn:
+                self.pool.spawn(group.cfg, group.active, threads=group.size[1])
+                group.next_respawn = time.monotonic() + max(0.5, group.respawn_delay)
+                if group.owed_restarts:
+                    group.owed_restarts -= 1
+                    self.telemetry.worker_restarted()
+
+    def _close_retired_folders(self) -> None:
+        """Folders removed by a reload close once their claimed files are done; unused groups retire."""
+        for folder in [f for f in self.folders if f.retiring]:
+            if folder.queue or any(o is folder for o in self.owner.values()):
+                continue
+            folder.close()
+            self.folders.remove(folder)
+            log.info("hot folder %s closed (removed from the config)", folder.name)
+        if self.pending is not None:
+            return  # a reload is loading its workers: the folders have not moved to them yet
+        used = {f.group for f in self.folders}
+        for key in [k for k, g in self.groups.items() if k not in used and g.starting is None]:
+            group = self.groups.pop(key)
+            for w in self.pool.of_generation(group.active):
+                self.pool.retire(w)
+            log.info("workers of %s retired (no hot folder uses that model any more)", group.label)
 
     def _heartbeat(self) -> None:
         """WATCHDOG=1 only while every worker we want is alive; STATUS= now and then."""
-        alive = [w for w in self.pool.serving(self.active) if w.process.is_alive()]
-        if self.announced and len(alive) >= self.cfg.worker_layout()[0]:
+        if self.announced and all(
+            len([w for w in self.pool.serving(g.active) if w.process.is_alive()]) >= g.size[0]
+            for g in self.groups.values() if g.active
+        ):
             self.notifier.watchdog()
         self.telemetry.set_pipeline(self.pipeline())
         now = time.monotonic()
@@ -456,39 +601,45 @@ class Daemon:
             self._write_status()
 
     def _write_status(self) -> None:
-        """The snapshot for `srwatch status`, in the work folder (ours; replaced atomically)."""
-        if self.watcher is None:
+        """The snapshot for `srwatch status`, in each work folder (ours; replaced atomically)."""
+        if not self.opened:
             return
-        try:
-            claim.write_status(self.cfg.work_dir, self.telemetry.snapshot())
-        except OSError as exc:  # a full or read-only disk: the status file is a nicety
-            log.debug("cannot write the status file: %s", exc)
+        snapshot = self.telemetry.snapshot()
+        for folder in self.folders:
+            try:
+                claim.write_status(folder.cfg.work_dir, snapshot)
+            except OSError as exc:  # a full or read-only disk: the status file is a nicety
+                log.debug("cannot write the status file: %s", exc)
 
     def pipeline(self) -> Pipeline:
         """The queue and the workers now, for the metrics, the page and the status file."""
         now = time.monotonic()
         busy = self.pool.busy()
         oldest = min(self.taken_at.values(), default=now)
-        paused = tuple(f"{name} paused: {pause.reason}" for name, pause in
-                       (("claiming", self.claim_pause), ("delivery", self.sink_pause)) if pause.reason)
+        paused = tuple(
+            f"{name} paused{'' if f.name == 'default' else f' ({f.name})'}: {pause.reason}"
+            for f in self.folders for name, pause in (("claiming", f.claim_pause), ("delivery", f.sink_pause))
+            if pause.reason
+        )
         workers = tuple(
             WorkerView(w.name, w.pid, w.state.value, w.generation, w.job.rel if w.job else None, w.jobs_done,
-                       w.load_seconds)
+                       w.load_seconds, node=getattr(w, "node", ""))
             for w in self.pool.workers
         )
         state = "stopping" if self.stopping else "running" if self.announced else "starting"
         return Pipeline(
-            settling=self.watcher.settling if self.watcher else 0,
-            ready=self.watcher.ready_count if self.watcher else 0,
-            queued=len(self.queue), in_progress=len(busy), oldest_pending_age=round(now - oldest, 3),
-            workers=workers, paused=paused, state=state,
+            settling=sum(f.settling for f in self.folders),
+            ready=sum(f.ready for f in self.folders),
+            queued=sum(len(f.queue) for f in self.folders), in_progress=len(busy),
+            oldest_pending_age=round(now - oldest, 3), workers=workers, paused=paused, state=state,
         )
 
     # -- state ---------------------------------------------------------------------------
     def _outstanding(self) -> int:
-        if self.watcher is None:
-            return len(self.queue) + len(self.pool.busy())
-        return self.watcher.ready_count + len(self.queue) + len(self.pool.busy()) + self.watcher.settling
+        """Files taken or to be taken now (held ones, outside their folder's hours, do not count)."""
+        wall = datetime.now()
+        waiting = sum(f.ready + f.settling for f in self.folders if f.is_open(wall) and not f.retiring)
+        return waiting + sum(len(f.queue) for f in self.folders) + len(self.pool.busy())
 
     def _idle(self) -> bool:
         return self._outstanding() == 0
@@ -505,18 +656,24 @@ class Daemon:
     def status_line(self) -> str:
         """For systemd's STATUS= and logs."""
         busy = len(self.pool.busy())
-        total = len(self.pool.serving(self.active))
-        ready = self.watcher.ready_count if self.watcher else 0
+        total = sum(len(self.pool.serving(g.active)) for g in self.groups.values() if g.active)
+        queued = sum(len(f.queue) for f in self.folders)
+        ready = sum(f.ready for f in self.folders)
         line = (
-            f"{busy}/{total} workers busy, {len(self.queue)} queued, {ready} ready, "
+            f"{busy}/{total} workers busy, {queued} queued, {ready} ready, "
             f"{self.counters.done} done, {self.counters.quarantined} quarantined"
         )
-        for name, pause in (("claiming", self.claim_pause), ("delivery", self.sink_pause)):
-            if pause.reason:
-                line += f"; {name} paused: {pause.reason}"
-        if self.watcher is not None and self.watcher.inbox_missing:
-            line += "; inbox missing"
-        if self.starting is not None:
+        wall = datetime.now()
+        for f in self.folders:
+            where = "" if f.name == "default" else f" ({f.name})"
+            for name, pause in (("claiming", f.claim_pause), ("delivery", f.sink_pause)):
+                if pause.reason:
+                    line += f"; {name} paused{where}: {pause.reason}"
+            if f.watcher is not None and f.watcher.inbox_missing:
+                line += f"; inbox missing{where}"
+            if not f.is_open(wall):
+                line += f"; {f.ready} held{where} (schedule.hours {f.cfg.schedule.hours})"
+        if any(g.starting is not None for g in self.groups.values()):
             line += "; workers loading the model"
         return line
 
@@ -524,41 +681,92 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: read the config again; a bad one is logged and the old one kept.
 
-        Files already claimed keep their place in the queue; a changed model (or any worker
-        setting) starts a new generation of workers, and the old ones retire once it holds
-        its model (the loop keeps serving meanwhile).
+        Only what changed is touched: a hot folder whose settings changed takes them for its
+        next files (its claimed files keep their place), a new one opens, a removed one stops
+        claiming and closes once its claimed files are done. A model (or any worker setting)
+        that changed starts a new generation of workers for it; the old workers serve until
+        it holds its model, then retire.
         """
         self.notifier.reloading()
         source = self.cfg.source
         try:
             new = load_config(source)
-            check_model_file(new)
-            prepare_folders(new)
+            for f in new.hot_folders():
+                check_model_file(f)
+                prepare_folders(f)
         except ConfigError as exc:
             log.error("reload of %s failed, keeping the running config:\n%s", source, exc)
             self.notifier.ready(self.status_line())
             return
-        if _worker_settings(new) != _worker_settings(self.cfg):
-            if self.starting is not None:
-                for w in self.starting.workers:
-                    self.pool.kill(w)
-            self.starting = self._start_generation(new, reload=True)
-            log.info("reloading: new workers are loading %s", new.model.path.name)
+        if self._reload_groups(new):
+            self.pending = new  # applied once the new workers hold their model (_promote)
             return
         self._apply_config(new)
-        self.notifier.ready(self.status_line())
 
     def _apply_config(self, new: Config) -> None:
+        """Take the new config for the hot folders, the policy and the endpoint."""
         old = self.cfg
         self.cfg = new
+        self.pending = None
         self.policy = JobPolicy(new.pool.max_attempts, new.pool.job_timeout)
-        if (new.paths.inbox, new.watch, new.work_dir) != (old.paths.inbox, old.watch, old.work_dir) and self.watcher:
-            self.watcher.stop()
-            self.watcher = InboxWatcher(new.paths.inbox, new.watch, exclude=self._own_folders())
-            self.watcher.start()
+        self._reload_folders(new)
         if _web_settings(new) != _web_settings(old):
             self._restart_web()
         log.info("configuration reloaded from %s", new.source)
+        self.notifier.ready(self.status_line())
+
+    def _reload_groups(self, new: Config) -> bool:
+        """Start new workers for groups whose model or layout changed; True if any are loading."""
+        if self.pending is not None:  # a reload during a reload: the newest config wins
+            for group in self.groups.values():
+                if group.starting is not None and group.starting.reload:
+                    for w in group.starting.workers:
+                        self.pool.kill(w)
+                    group.starting = None
+            for key in [k for k, g in self.groups.items() if not g.active]:
+                del self.groups[key]
+        loading = False
+        for key, planned in plan_groups(new).items():
+            group = self.groups.get(key)
+            if group is not None and group.size == planned.size:
+                continue
+            if group is None:  # a new model: a group of its own
+                group = self.groups[key] = planned
+            # else: same model, another layout: a new generation replaces the old one
+            group.starting = self._start_generation(planned, reload=True)
+            log.info("reloading: new workers are loading %s", group.label)
+            loading = True
+        return loading
+
+    def _reload_folders(self, new: Config) -> None:
+        current = {f.name: f for f in self.folders if not f.retiring}
+        for cfg in new.hot_folders():
+            folder = current.pop(cfg.name, None)
+            if folder is None:
+                folder = HotFolder(cfg, group=group_key(cfg))
+                self.folders.append(folder)
+                if self.opened:
+                    try:
+                        self._open_folder(folder)
+                    except ConfigError as exc:
+                        log.error("hot folder %s cannot open: %s", folder.name, exc)
+                        self.folders.remove(folder)
+                        continue
+                log.info("hot folder %s added", folder.name)
+                continue
+            old = folder.cfg
+            folder.cfg = cfg
+            folder.__dict__.pop("hours", None)  # schedule may have changed
+            folder.group = group_key(cfg)
+            if (cfg.paths.inbox, cfg.watch, cfg.work_dir) != (old.paths.inbox, old.watch, old.work_dir) and folder.watcher:
+                folder.watcher.stop()
+                folder.start_watcher(self.once)
+        for folder in current.values():  # removed from the config
+            folder.retiring = True
+            if folder.watcher is not None:
+                folder.watcher.stop()
+            log.info("hot folder %s removed: it takes no new files and closes once its %d claimed file(s) are done",
+                     folder.name, len(folder.queue))
 
     # -- the HTTP endpoint (metrics.listen) --------------------------------------------------
     def _start_web(self) -> None:
@@ -567,7 +775,8 @@ class Daemon:
             return
         from .web import WebServer  # starlette and uvicorn are loaded only by daemons that serve
 
-        web = WebServer(self.cfg.metrics, self.telemetry, self.cfg.paths.inbox, tuple(self.cfg.watch.ignore))
+        first = self.folders[0].cfg
+        web = WebServer(self.cfg.metrics, self.telemetry, first.paths.inbox, tuple(first.watch.ignore))
         web.start()
         self.web = web
 
@@ -586,11 +795,12 @@ class Daemon:
 
     # -- teardown ------------------------------------------------------------------------
     def teardown(self) -> None:
-        """Stop the watcher, retire or kill workers; claimed files stay for the next start."""
+        """Stop the watchers, retire or kill workers; claimed files stay for the next start."""
         if self.stopping:
             self.notifier.stopping()
-        if self.watcher is not None:
-            self.watcher.stop()
+        for folder in self.folders:
+            if folder.watcher is not None:
+                folder.watcher.stop()
         for worker in list(self.pool.workers):
             if worker.state is WorkerState.STARTING:
                 self.pool.kill(worker)  # still loading its model: nothing to finish
@@ -607,19 +817,54 @@ class Daemon:
                 self.pool.kill(worker, wait_s=2)
         if self._bar is not None:
             self._bar.close()
+        left = sum(len(f.queue) for f in self.folders)
         if self.stopping:
-            log.info("stopped: %s; %d claimed file(s) wait for the next start", self.status_line(), len(self.queue))
-        elif self.queue:
-            log.info("exiting with %d claimed file(s) not done", len(self.queue))
+            log.info("stopped: %s; %d claimed file(s) wait for the next start", self.status_line(), left)
+        elif left:
+            log.info("exiting with %d claimed file(s) not done", left)
         self._stop_web()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.webhooks.stop(timeout=2.0)
+        for folder in self.folders:
+            folder.close()
 
     def _open_progress(self) -> None:
         from tqdm import tqdm
 
         self._bar = tqdm(total=self._outstanding(), unit="file", file=sys.stderr, dynamic_ncols=True)
+
+
+# -- worker groups ------------------------------------------------------------------------------
+def group_key(cfg: Config) -> tuple:
+    """What a worker process is built from: hot folders with equal keys share workers.
+
+    Everything else (output, limits, paths, ...) travels with each job, so changing it never
+    restarts a worker.
+    """
+    return (cfg.model, cfg.tile, cfg.log, bool(cfg.metrics.listen and cfg.metrics.page))
+
+
+def plan_groups(root: Config) -> dict[tuple, Group]:
+    """One group per distinct model settings, in the order of the hot folders, with its layout.
+
+    A group's size is the largest `pool.workers` / `pool.threads_per_worker` its folders set;
+    'auto' shares the CPUs fairly among the groups (all of them for a single hot folder,
+    which is exactly `Config.worker_layout()`).
+    """
+    folders: dict[tuple, list[Config]] = {}
+    for cfg in root.hot_folders():
+        folders.setdefault(group_key(cfg), []).append(cfg)
+    share = max(1, available_cpus() // len(folders))
+    groups = {}
+    for key, members in folders.items():
+        workers = _largest([m.pool.workers for m in members])
+        threads = _largest([m.pool.threads_per_worker for m in members])
+        groups[key] = Group(key, members[0], layout_for(workers, threads, share))
+    return groups
+
+
+def _largest(values: list) -> object:
+    numbers = [v for v in values if isinstance(v, int)]
+    return max(numbers) if numbers else "auto"
 
 
 def _engine_label(cfg: Config) -> str:
@@ -635,12 +880,7 @@ def _kb(job: Optional[Job]) -> str:
     return f"{size / 1000:.1f} kB" if size is not None else "size unknown"
 
 
-def _worker_settings(cfg: Config) -> tuple:
-    """The parts of the config that a worker process uses."""
-    return (cfg.model, cfg.pool, cfg.tile, cfg.limits, cfg.preshrink, cfg.cache, cfg.output, cfg.paths, cfg.on_success, cfg.log,
-            bool(cfg.metrics.listen and cfg.metrics.page))  # workers make the page's previews
-
-
 def _web_settings(cfg: Config) -> tuple:
     """What the HTTP endpoint is built from: a change restarts it on reload."""
-    return (cfg.metrics, cfg.paths.inbox, tuple(cfg.watch.ignore))
+    first = cfg.hot_folders()[0]
+    return (cfg.metrics, first.paths.inbox, tuple(first.watch.ignore))

@@ -52,6 +52,7 @@ class Worker:
     job_started: float = 0.0  # monotonic
     jobs_done: int = 0
     load_seconds: Optional[float] = None
+    retired: bool = False  # told to stop: its exit is expected (its state is DEAD once it is gone)
 
     @property
     def pid(self) -> Optional[int]:
@@ -88,9 +89,9 @@ class Pool:
     workers: list[Worker] = field(default_factory=list)
     _count: int = 0
 
-    def spawn(self, cfg: Config, generation: int) -> Worker:
-        """Start one worker process for `cfg`; it reports Ready once it holds its model."""
-        _, threads = cfg.worker_layout()
+    def spawn(self, cfg: Config, generation: int, threads: Optional[int] = None) -> Worker:
+        """Start one worker process for `cfg`'s model; it reports Ready once it holds it."""
+        threads = threads or cfg.worker_layout()[1]
         parent, child = _CTX.Pipe()
         self._count += 1
         name = f"worker-{self._count}"
@@ -102,11 +103,15 @@ class Pool:
         log.debug("%s started (pid %d, %d thread(s), generation %d)", name, process.pid, threads, generation)
         return worker
 
-    def dispatch(self, worker: Worker, job: Job) -> bool:
-        """Hand `job` to an idle worker; False if the worker just died (its death is reported by wait())."""
+    def dispatch(self, worker: Worker, job: Job, cfg: Config) -> bool:
+        """Hand `job` (with its hot folder's config) to an idle worker; False if the worker just died.
+
+        A death is reported by wait(). The config travels with the job, so hot folders that share
+        a model share workers, and a reload that changes only output settings restarts nothing.
+        """
         assert worker.state is WorkerState.IDLE
         try:
-            worker.conn.send(job)
+            worker.conn.send((job, cfg))
         except OSError:
             return False
         worker.job = job
@@ -179,6 +184,7 @@ class Pool:
             return
         busy = worker.job is not None
         worker.state = WorkerState.RETIRING
+        worker.retired = True
         if not busy:
             self._send_stop(worker)
 

@@ -74,11 +74,12 @@ def preshrink(pixels: np.ndarray, max_side: int) -> tuple[np.ndarray, Optional[s
 class Processor:
     """Turns one input file into a Rendered result; holds the engine (and cache) of a worker."""
 
-    def __init__(self, cfg: Config, threads: int) -> None:
-        """Load the engine once (raises ModelLoadError) and open the cache if enabled."""
+    def __init__(self, cfg: Config, threads: int, engine: Optional[Engine] = None) -> None:
+        """Load the engine once (raises ModelLoadError), or share `engine`; open the cache if enabled."""
         self.cfg = cfg
+        self.threads = threads
         self.previews = bool(cfg.metrics.listen and cfg.metrics.page)  # thumbnails for the status page
-        self.engine: Engine = load_engine(cfg.model, cfg.tile, threads)
+        self.engine: Engine = engine if engine is not None else load_engine(cfg.model, cfg.tile, threads)
         self.cache: Optional[ResultCache] = None
         self._model_digest = ""
         self._settings_digest = ""

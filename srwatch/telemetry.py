@@ -105,6 +105,10 @@ class Telemetry:
         self.quarantined = Counter("srwatch_quarantined", "Files quarantined, by reason.", ["reason"], registry=r)
         self.crashes = Counter("srwatch_worker_crashes", "Workers that died while holding a file.", registry=r)
         self.restarts = Counter("srwatch_worker_restarts", "Workers started to replace one that died.", registry=r)
+        self.webhook_failures = Counter(
+            "srwatch_webhook_failures", "notify.webhook POSTs given up after their retries (or dropped: queue full).",
+            ["profile"], registry=r,
+        )
         self.stage_seconds = Histogram(
             "srwatch_stage_seconds", "Seconds per stage of one file (read, decode, infer, encode, deliver, archive).",
             ["stage"], buckets=STAGE_BUCKETS, registry=r,
@@ -137,6 +141,10 @@ class Telemetry:
     def model_loaded(self, seconds: float) -> None:
         """A worker holds its model after `seconds`."""
         self.model_load.set(seconds)
+
+    def webhook_failed(self, profile: str) -> None:
+        """A notification could not be delivered (called from the webhook sender's thread)."""
+        self.webhook_failures.labels(profile).inc()
 
     def worker_crashed(self) -> None:
         """A worker died holding a file."""

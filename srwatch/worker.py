@@ -55,14 +55,45 @@ def worker_main(cfg: Config, threads: int, conn: Connection) -> None:
         conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
         return
     conn.send(Ready(scale=processor.scale, load_seconds=time.monotonic() - started))
+    processors = Processors(processor)
     while True:
         try:
-            job = conn.recv()
+            item = conn.recv()
         except (EOFError, OSError):
             return
-        if job is None:  # the sentinel: retire
+        if item is None:  # the sentinel: retire
             return
-        conn.send(execute(processor, cfg, job))
+        job, job_cfg = item
+        try:
+            for_job = processors.get(job_cfg)
+        except Exception as exc:  # noqa: BLE001 - e.g. its cache folder cannot be opened: not the file's fault
+            conn.send(Deferred(job.id, f"cannot prepare for {job_cfg.name}: {type(exc).__name__}: {exc}"))
+            continue
+        conn.send(execute(for_job, job_cfg, job))
+
+
+class Processors:
+    """One Processor per hot folder's settings, all sharing the worker's one engine (loaded once)."""
+
+    def __init__(self, first) -> None:
+        self.engine = first.engine
+        self.threads = first.threads
+        self._by_settings = {_settings(first.cfg): first}
+
+    def get(self, cfg: Config):
+        """The Processor for `cfg`'s output, limits, preshrink and cache settings."""
+        key = _settings(cfg)
+        processor = self._by_settings.get(key)
+        if processor is None:
+            from .process import Processor
+
+            processor = self._by_settings[key] = Processor(cfg, self.threads, engine=self.engine)
+        return processor
+
+
+def _settings(cfg: Config) -> str:
+    """What a Processor takes from its config besides the model (which the worker's engine fixes)."""
+    return cfg.model_dump_json(include={"output", "limits", "preshrink", "cache", "metrics"}) + str(cfg.cache_dir)
 
 
 def execute(processor, cfg: Config, job: Job) -> JobResult:

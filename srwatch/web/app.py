@@ -214,17 +214,18 @@ async def upload(request: Request) -> Response:
         receiver = UploadReceiver(site.inbox, boundary_of(request.headers.get("content-type")), site.limits,
                                   site.metrics.token, authorized)
         async for chunk in stream:
-            receiver.feed(chunk)
+            # Writes go to the inbox, which may be a slow network mount: off the event loop,
+            # so that /metrics and the page keep answering during a large upload.
+            await run_in_threadpool(receiver.feed, chunk)
+        received_at = time.time()  # before the files are visible: the page matches results from here on
         saved = await run_in_threadpool(receiver.finish)
     except UploadRefused as exc:
         if receiver is not None:
-            receiver.discard()
+            receiver.discard()  # at once: draining the rest of the body may take a while
         log.warning("upload refused (%d): %s", exc.status, exc)
         await _drain(stream, request)
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
     except ClientDisconnect:
-        if receiver is not None:
-            receiver.discard()
         log.info("upload abandoned by the client; its temp files are removed")
         return Response(status_code=400)  # nobody is there to read it
     finally:
@@ -234,7 +235,7 @@ async def upload(request: Request) -> Response:
         log.info("upload %r -> %s (%d bytes)", item.name, item.saved_as, item.size)
     return JSONResponse({
         "files": [{"name": s.name, "saved_as": s.saved_as, "size": s.size} for s in saved],
-        "received_at": time.time(),
+        "received_at": received_at,
     })
 
 

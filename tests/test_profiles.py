@@ -1,0 +1,169 @@
+"""Several hot folders in one daemon: each with its own model, format, naming, hours and webhook.
+
+Real daemon, real observer, real workers and models, a real HTTP receiver for the webhook.
+Every profile keeps the invariant: each input exactly once, none half-written.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import signal
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import cv2
+import pytest
+import yaml
+
+from daemon_harness import (
+    FAST_WATCH, REPO, DaemonProcess, Drop, Layout, assert_each_input_once, image_bytes, model_for_tests, wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+MODELS = REPO / "models"
+
+
+def _paths(layout: Layout) -> dict:
+    return {"inbox": str(layout.inbox), "outbox": str(layout.outbox), "quarantine": str(layout.quarantine),
+            "archive": str(layout.archive), "work": str(layout.work)}
+
+
+def _write(root: Path, profiles: list[dict], **top) -> Path:
+    cfg = {"model": {"path": str(model_for_tests())}, "pool": {"threads_per_worker": 1}, "watch": FAST_WATCH,
+           "tile": {"size": "off"}, "log": {"level": "DEBUG"}, "shutdown_timeout": 30, "profiles": profiles, **top}
+    path = root / "srwatch.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _layouts(root: Path, *names: str) -> dict[str, Layout]:
+    layouts = {}
+    for name in names:
+        layout = Layout(root / name)
+        layout.inbox.mkdir(parents=True)
+        layouts[name] = layout
+    return layouts
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).received.append(body)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture()
+def hook():
+    _Hook.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/srwatch"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _finished(layout: Layout, n: int) -> bool:
+    from daemon_harness import finished_count
+
+    return finished_count(layout) >= n and not layout.work_jobs()
+
+
+def test_three_profiles_each_with_its_model_format_name_schedule_and_webhook(tmp_path: Path, hook: str) -> None:
+    lay = _layouts(tmp_path, "x2", "x3", "x4")
+    opens = (datetime.now() + timedelta(seconds=12)).replace(microsecond=0)
+    window = f"{opens:%H:%M:%S}-{opens + timedelta(hours=1):%H:%M:%S}"
+    config = _write(tmp_path, [
+        {"name": "x2-jpeg", "paths": _paths(lay["x2"]), "model": {"path": str(MODELS / "EDSR-srwatch_x2.pb")},
+         "output": {"format": "jpg", "jpeg_quality": 90}, "notify": {"webhook": hook}},
+        {"name": "x3-png", "paths": _paths(lay["x3"]), "output": {"format": "png", "name": "{stem}-{profile}-x{scale}"}},
+        {"name": "x4-night", "paths": _paths(lay["x4"]), "model": {"path": str(MODELS / "EDSR-srwatch_x4.pb")},
+         "schedule": {"hours": window}},
+    ])
+    daemon = DaemonProcess(config, tmp_path / "daemon.log").start()
+    inputs = {name: {f"p{i}.png": image_bytes(30 + i, 20 + i, seed=i) for i in range(2)} for name in lay}
+    try:
+        for name, files in inputs.items():
+            for rel, data in files.items():
+                (lay[name].inbox / rel).write_bytes(data)
+        wait_for(lambda: _finished(lay["x2"], 2) and _finished(lay["x3"], 2), 60, what="x2 and x3 profiles done")
+        # The x4 profile is closed until `opens`: its files wait in its inbox, untouched.
+        assert datetime.now() < opens - timedelta(seconds=1), "too slow to observe the closed window"
+        assert sorted(p.name for p in lay["x4"].inbox.iterdir()) == ["p0.png", "p1.png"]
+        assert "hot folder x4-night is closed" in daemon.log()
+        wait_for(lambda: _finished(lay["x4"], 2), 60, what="x4 files released when the window opened")
+        assert datetime.now() >= opens
+        wait_for(lambda: len(_Hook.received) >= 2, 20, what="two webhook POSTs")
+    finally:
+        assert daemon.stop() == 0
+    # Every profile's folders hold exactly what they should (the harness sees every file).
+    assert_each_input_once(lay["x2"], [Drop(r, d, out_ext=".jpg") for r, d in inputs["x2"].items()], suffix="_x2")
+    assert_each_input_once(lay["x3"], {r: d for r, d in inputs["x3"].items()}, suffix="-x3-png-x3")
+    assert_each_input_once(lay["x4"], {r: d for r, d in inputs["x4"].items()}, suffix="_x4")
+    for i in range(2):
+        w, h = 30 + i, 20 + i
+        jpg = cv2.imread(str(lay["x2"].outbox / f"p{i}_x2.jpg"))
+        assert jpg is not None and jpg.shape[:2] == (2 * h, 2 * w)  # JPEG, by magic bytes
+        assert (lay["x2"].outbox / f"p{i}_x2.jpg").read_bytes()[:2] == b"\xff\xd8"
+        png = cv2.imread(str(lay["x3"].outbox / f"p{i}-x3-png-x3.png"))
+        assert png.shape[:2] == (3 * h, 3 * w)
+        x4 = cv2.imread(str(lay["x4"].outbox / f"p{i}_x4.png"))
+        assert x4.shape[:2] == (4 * h, 4 * w)
+    bodies = sorted(_Hook.received, key=lambda b: b["input"])
+    assert [b["input"] for b in bodies] == ["p0.png", "p1.png"]  # only the profile with a webhook
+    assert all(b["profile"] == "x2-jpeg" and b["event"] == "done" and b["output"].endswith("_x2.jpg") for b in bodies)
+    assert all(set(b["ms"]) >= {"read", "decode", "infer", "encode"} for b in bodies)
+    log = daemon.log()
+    assert "hot folder x4-night is open" in log
+    assert log.count("srwatch ready: watching") == 3
+
+
+def test_a_burst_in_one_profile_does_not_starve_another(tmp_path: Path) -> None:
+    lay = _layouts(tmp_path, "busy", "quiet")
+    config = _write(tmp_path, [  # one model: both share the same workers
+        {"name": "busy", "paths": _paths(lay["busy"])},
+        {"name": "quiet", "paths": _paths(lay["quiet"])},
+    ], pool={"workers": 1, "threads_per_worker": 1, "queue_size": 8})
+    daemon = DaemonProcess(config, tmp_path / "daemon.log").start()
+    burst = {f"b{i:03d}.png": image_bytes(64, 48, seed=i) for i in range(80)}
+    try:
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        for rel, data in burst.items():
+            (staging / rel).write_bytes(data)
+        for rel in burst:
+            (staging / rel).rename(lay["busy"].inbox / rel)
+        wait_for(lambda: len(lay["busy"].files(lay["busy"].outbox)) >= 3, 60, what="the burst under way")
+        dropped = time.monotonic()
+        quiet = image_bytes(40, 30, seed=999)
+        (lay["quiet"].inbox / "q.png").write_bytes(quiet)
+        wait_for(lambda: lay["quiet"].files(lay["quiet"].outbox) == ["q_x3.png"], 60, what="the quiet profile's file")
+        waited = time.monotonic() - dropped
+        busy_done = len(lay["busy"].files(lay["busy"].outbox))
+        # Between the quiet file's claim and its output, the one worker may finish the burst's job
+        # it holds and, by turn, one more; a single queue would make it wait for all 8 queued.
+        log = daemon.log()
+        claimed_at = log.index("claimed quiet:q.png")
+        done_at = log.index("done quiet:q.png")
+        overtaken = log.count("done busy:", claimed_at, done_at)
+        print(f"quiet profile's first output {waited:.2f} s after its drop, {overtaken} burst file(s) done "
+              f"meanwhile; the busy profile had {busy_done}/80 done")
+        assert overtaken <= 3, f"{overtaken} files of the burst were done while the quiet file waited"
+        wait_for(lambda: _finished(lay["busy"], 80), 240, what="the burst done")
+    finally:
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    assert_each_input_once(lay["busy"], burst)
+    assert_each_input_once(lay["quiet"], {"q.png": quiet})
