@@ -54,18 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="the running daemon's figures, or counts from the folders when it is stopped")
     st.add_argument("-c", "--config", required=True, type=Path)
     st.add_argument("--json", action="store_true", help="one JSON object")
+    st.add_argument("--profile", help="only this hot folder (default: every profile)")
 
     qu = sub.add_parser("quarantine", help="list quarantined files, or put them back into the inbox")
     qsub = qu.add_subparsers(dest="action", required=True)
     ql = qsub.add_parser("list", help="quarantined files with reason, message, time and attempts, oldest first")
     ql.add_argument("-c", "--config", required=True, type=Path)
     ql.add_argument("--json", action="store_true", help="one JSON object")
+    ql.add_argument("--profile", help="only this hot folder (default: every profile)")
     qr = qsub.add_parser("retry", help="move quarantined files back into the inbox, under their original path")
     qr.add_argument("-c", "--config", required=True, type=Path)
     qr.add_argument("names", nargs="*", metavar="NAME", help="a quarantined file: its path in quarantine, its original path, or its name")
     qr.add_argument("--reason", action="append", default=[], help="every file quarantined for this reason (repeatable)")
     qr.add_argument("--all", action="store_true", help="every quarantined file")
     qr.add_argument("--dry-run", action="store_true", help="say what would move, move nothing")
+    qr.add_argument("--profile", help="only this hot folder (default: every profile)")
 
     sub.add_parser("eval", help="PSNR/SSIM table on Set5 for model files (see `srwatch eval -h`)", add_help=False)
     sub.add_parser("train", help="train an EDSR model (needs the [train] extra)", add_help=False)
@@ -107,9 +110,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "unit":
             return cmd_unit(args.config)
         if args.command == "status":
-            return cmd_status(args.config, as_json=args.json)
+            return cmd_status(args.config, as_json=args.json, profile=args.profile)
         if args.command == "quarantine" and args.action == "list":
-            return cmd_quarantine_list(args.config, as_json=args.json)
+            return cmd_quarantine_list(args.config, as_json=args.json, profile=args.profile)
         if args.command == "quarantine":
             return cmd_quarantine_retry(args)
     except ConfigError as exc:
@@ -152,21 +155,41 @@ def cmd_check_config(config: Path, load_model: bool) -> int:
     """`srwatch check-config FILE`: the same checks as at start, without running."""
     from .config import check_model_file, folder_map, load_config, prepare_folders
 
-    cfg = load_config(config)
-    prepare_folders(cfg, create=False)
-    check_model_file(cfg)
-    workers, threads = cfg.worker_layout()
-    lines = [f"{config}: OK"]
-    for key, folder in folder_map(cfg).items():
-        lines.append(f"  {key:18} {folder}{'' if folder.is_dir() else '  (will be created)'}")
-    if load_model:
-        from .process import Processor
+    from .daemon import group_key, plan_groups
 
-        processor = Processor(cfg, threads)
-        lines.append(f"  model              {cfg.model.path} (x{processor.scale}, engine {processor.engine.name}: loaded and tested)")
-    else:
-        lines.append(f"  model              {cfg.model.path} (not loaded)")
-    lines.append(f"  pool               {workers} worker(s) x {threads} thread(s)")
+    root = load_config(config)
+    groups = plan_groups(root)
+    lines = [f"{config}: OK"]
+    loaded: dict[tuple, str] = {}
+    for cfg in root.hot_folders():
+        key_prefix = "" if cfg.name == "default" else f"profiles[{cfg.name}]."
+        try:
+            prepare_folders(cfg, create=False)
+            check_model_file(cfg)
+        except ConfigError as exc:
+            raise ConfigError(key_prefix + str(exc)) from None
+        workers, threads = groups[group_key(cfg)].size
+        if key_prefix:
+            lines.append(f"  profile {cfg.name}" + (f" (priority {cfg.priority})" if cfg.priority else "")
+                         + (f", open {cfg.schedule.hours}" if cfg.schedule.hours else "")
+                         + (f", webhook {cfg.notify.webhook}" if cfg.notify.webhook else ""))
+        indent = "    " if key_prefix else "  "
+        for key, folder in folder_map(cfg).items():
+            lines.append(f"{indent}{key:18} {folder}{'' if folder.is_dir() else '  (will be created)'}")
+        key = group_key(cfg)
+        if not load_model:
+            loaded.setdefault(key, "not loaded")
+        elif key not in loaded:
+            from .process import Processor
+
+            try:
+                processor = Processor(cfg, threads)
+            except SrwatchError as exc:
+                raise ConfigError(f"{key_prefix}model.path: {exc}") from None
+            loaded[key] = f"x{processor.scale}, engine {processor.engine.name}: loaded and tested"
+        lines.append(f"{indent}{'model':18} {cfg.model.path} ({loaded[key]})")
+        lines.append(f"{indent}{'pool':18} {workers} worker(s) x {threads} thread(s)"
+                     + (" (shared with the profiles of the same model)" if key_prefix else ""))
     print("\n".join(lines))
     return EXIT_OK
 
@@ -242,54 +265,83 @@ def cmd_unit(config: Path) -> int:
     return EXIT_OK
 
 
-def cmd_status(config: Path, as_json: bool) -> int:
+def hot_folders(config: Path, profile: Optional[str]) -> list:
+    """The hot folders of a config file, or the one named by --profile (ConfigError if none is)."""
+    from .config import load_config
+
+    folders = list(load_config(config).hot_folders())
+    if profile is None:
+        return folders
+    chosen = [f for f in folders if f.name == profile]
+    if not chosen:
+        raise ConfigError(f"--profile: no profile named {profile!r} (profiles: {', '.join(f.name for f in folders)})")
+    return chosen
+
+
+def cmd_status(config: Path, as_json: bool, profile: Optional[str] = None) -> int:
     """`srwatch status -c FILE`: read-only; exit 0 whether the daemon runs or not."""
     import json
 
-    from .config import load_config
     from .status import collect, render
 
-    report = collect(load_config(config))
-    print(json.dumps(report, indent=1) if as_json else render(report))
+    folders = hot_folders(config, profile)
+    reports = {cfg.name: collect(cfg) for cfg in folders}
+    if as_json:
+        several = len(folders) > 1 or folders[0].name != "default"
+        print(json.dumps({"profiles": reports} if several else reports[folders[0].name], indent=1))
+        return EXIT_OK
+    texts = [render(r) if name == "default" else f"== profile {name} ==\n{render(r)}" for name, r in reports.items()]
+    print("\n\n".join(texts))
     return EXIT_OK
 
 
-def cmd_quarantine_list(config: Path, as_json: bool) -> int:
+def cmd_quarantine_list(config: Path, as_json: bool, profile: Optional[str] = None) -> int:
     """`srwatch quarantine list -c FILE`: the records, oldest failure first (read-only)."""
     import json
 
-    from .config import load_config
     from .replay import as_json as items_json, list_quarantine, pending_count, table
 
-    cfg = load_config(config)
-    items = list_quarantine(cfg.paths.quarantine)
-    pending = pending_count(cfg.work_dir)
+    folders = hot_folders(config, profile)
+    listed = {cfg.name: (list_quarantine(cfg.paths.quarantine), pending_count(cfg.work_dir)) for cfg in folders}
     if as_json:
-        print(json.dumps({"quarantined": items_json(items), "pending_retries": pending}, indent=1))
+        data = {name: {"quarantined": items_json(items), "pending_retries": pending}
+                for name, (items, pending) in listed.items()}
+        several = len(folders) > 1 or folders[0].name != "default"
+        print(json.dumps({"profiles": data} if several else data[folders[0].name], indent=1))
         return EXIT_OK
-    print(table(items))
-    if pending:
-        print(f"({pending} retried file(s) back in the inbox, not yet taken by the daemon)")
+    for name, (items, pending) in listed.items():
+        if name != "default":
+            print(f"== profile {name} ==")
+        print(table(items))
+        if pending:
+            print(f"({pending} retried file(s) back in the inbox, not yet taken by the daemon)")
     return EXIT_OK
 
 
 def cmd_quarantine_retry(args: argparse.Namespace) -> int:
     """`srwatch quarantine retry -c FILE NAME...|--reason R|--all [--dry-run]`: exit 1 if some could not move."""
-    from .config import load_config, prepare_folders
+    from .config import prepare_folders
     from .replay import finish_interrupted, retry_all, retry_lock
 
     usage = _retry_usage_error(args)
     if usage:
         print(f"srwatch: quarantine retry: {usage}", file=sys.stderr)
         return EXIT_CONFIG
-    cfg = load_config(args.config)
+    folders = hot_folders(args.config, args.profile)
     if args.dry_run:
-        return _retry_dry_run(cfg, args)
-    prepare_folders(cfg)  # as the daemon does: the work folder takes the ledgers
-    with retry_lock(cfg.work_dir):
-        outcomes = finish_interrupted(cfg)  # first: it may remove records a killed retry left
-        items, unmatched = _retry_chosen(cfg, args)
-        outcomes += retry_all(cfg, items)
+        return max(_retry_dry_run(cfg, args) for cfg in folders)
+    outcomes, matched = [], set()
+    for cfg in folders:
+        prepare_folders(cfg)  # as the daemon does: the work folder takes the ledgers
+        with retry_lock(cfg.work_dir):
+            outcomes += finish_interrupted(cfg)  # first: it may remove records a killed retry left
+            items, unmatched = _retry_chosen(cfg, args, quiet=len(folders) > 1)
+            matched |= set(args.names) - set(unmatched)
+            outcomes += retry_all(cfg, items)
+    unmatched = [n for n in args.names if n not in matched]
+    if len(folders) > 1:
+        for name in unmatched:
+            print(f"srwatch: no quarantined file matches {name!r} (see `srwatch quarantine list`)", file=sys.stderr)
     failed = len(unmatched)
     for o in outcomes:
         what = o.note or (o.item.file if o.item else "?")
@@ -314,12 +366,12 @@ def _retry_usage_error(args: argparse.Namespace) -> Optional[str]:
     return None
 
 
-def _retry_chosen(cfg, args: argparse.Namespace) -> tuple[list, list[str]]:
+def _retry_chosen(cfg, args: argparse.Namespace, quiet: bool = False) -> tuple[list, list[str]]:
     """The quarantined files chosen on the command line, and the NAMEs that matched none (said on stderr)."""
     from .replay import list_quarantine, select
 
     items, unmatched = select(list_quarantine(cfg.paths.quarantine), args.names, args.reason, args.all)
-    for name in unmatched:
+    for name in unmatched if not quiet else ():
         print(f"srwatch: no quarantined file matches {name!r} (see `srwatch quarantine list`)", file=sys.stderr)
     return items, unmatched
 

@@ -30,7 +30,7 @@ from .errors import ConfigError, JobError, LinkRefused, NotAFile, StorageError
 from .hotfolder import HotFolder
 from .messages import Deferred, Done, Failed, Gone, LoadFailed, Ready
 from .notify import Notifier
-from .policy import JobPolicy, Quarantine, Retry
+from .policy import JobPolicy, Retry
 from .pool import Event, Pool, Worker, WorkerState, describe_exit
 from .telemetry import Pipeline, Telemetry, WorkerView
 from .webhook import Notification, WebhookSender
