@@ -167,3 +167,39 @@ def test_a_burst_in_one_profile_does_not_starve_another(tmp_path: Path) -> None:
         assert daemon.wait(60) == 0
     assert_each_input_once(lay["busy"], burst)
     assert_each_input_once(lay["quiet"], {"q.png": quiet})
+
+
+def test_reload_adds_removes_and_changes_only_the_profiles_that_changed(tmp_path: Path) -> None:
+    lay = _layouts(tmp_path, "a", "b", "c")
+    profiles = [{"name": "a", "paths": _paths(lay["a"])}, {"name": "b", "paths": _paths(lay["b"])}]
+    config = _write(tmp_path, profiles, pool={"workers": 1, "threads_per_worker": 1})
+    daemon = DaemonProcess(config, tmp_path / "daemon.log").start()
+    a1, b1 = image_bytes(30, 20, seed=1), image_bytes(30, 20, seed=2)
+    a2, b2, c1 = image_bytes(31, 21, seed=3), image_bytes(31, 21, seed=4), image_bytes(32, 22, seed=5)
+    try:
+        (lay["a"].inbox / "a1.png").write_bytes(a1)
+        (lay["b"].inbox / "b1.png").write_bytes(b1)
+        wait_for(lambda: _finished(lay["a"], 1) and _finished(lay["b"], 1), 60, what="first files")
+        workers_before = set(daemon.workers())
+        # a: new output name (no worker restart); b: removed; c: added, with another model.
+        cfg = yaml.safe_load(config.read_text())
+        cfg["profiles"] = [
+            {"name": "a", "paths": _paths(lay["a"]), "output": {"name": "{stem}-again_x{scale}"}},
+            {"name": "c", "paths": _paths(lay["c"]), "model": {"path": str(MODELS / "EDSR-srwatch_x2.pb")}},
+        ]
+        config.write_text(yaml.safe_dump(cfg))
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in daemon.log(), 60, what="the reload")
+        (lay["a"].inbox / "a2.png").write_bytes(a2)
+        (lay["b"].inbox / "b2.png").write_bytes(b2)
+        (lay["c"].inbox / "c1.png").write_bytes(c1)
+        wait_for(lambda: _finished(lay["a"], 2) and _finished(lay["c"], 1), 60, what="files after the reload")
+        time.sleep(1.5)  # b2 would be settled and taken by now if b were still watched
+        assert workers_before <= set(daemon.workers()), "the workers of the unchanged model were restarted"
+    finally:
+        assert daemon.stop() == 0
+    assert_each_input_once(lay["a"], [Drop("a1.png", a1), Drop("a2.png", a2, suffix="-again_x3")])
+    assert_each_input_once(lay["b"], {"b1.png": b1}, left_in_inbox={"b2.png": b2})
+    assert_each_input_once(lay["c"], {"c1.png": c1}, suffix="_x2")
+    log = daemon.log()
+    assert "hot folder c added" in log and "hot folder b removed" in log
