@@ -712,6 +712,16 @@ def _to_pillow(pixels: np.ndarray) -> Image.Image:
     return Image.frombuffer(mode, (width, height), pixels, "raw", rawmode, 0, 1)
 
 
+def png_params(cfg: OutputConfig) -> list[int]:
+    """OpenCV's PNG options: the zlib level, and one row filter (Average) for every row.
+
+    libpng's default tries all five filters on every row. An upscaled image is smooth, and the
+    Average filter alone measured 18.2 ms instead of 27.2 ms per 768x768 result (BSD100 crops
+    upscaled x3, level 1) with files 1% smaller; Up was as fast, 1% larger; Sub 9% larger.
+    """
+    return [cv2.IMWRITE_PNG_COMPRESSION, cfg.png_compression, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG]
+
+
 def _encode_8bit(
     pixels: np.ndarray, fmt: str, icc: Optional[bytes], exif: Optional[bytes], cfg: OutputConfig
 ) -> bytes:
@@ -719,10 +729,11 @@ def _encode_8bit(
 
     A PNG with no metadata to carry goes through OpenCV's encoder: the same pixels and zlib
     level, and at level 1 (the default) 38 ms instead of 62 ms for a 768x768 result (PNG
-    encoding costs as much as the default model's inference on small images).
+    encoding costs as much as the default model's inference on small images), with the
+    fixed Average filter (PNG_PARAMS: a third faster again, and no larger).
     """
     if fmt == "png" and not icc and not exif and (pixels.ndim == 2 or pixels.shape[2] in (3, 4)):
-        ok, buf = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, cfg.png_compression])
+        ok, buf = cv2.imencode(".png", pixels, png_params(cfg))
         if ok:
             return buf.tobytes()
     im = _to_pillow(pixels)
@@ -763,7 +774,7 @@ def _encode_16bit(
         pixels = join_alpha(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), alpha)
         notes.append("16-bit gray+alpha written as RGBA")
     if fmt == "png":
-        ok, buffer = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, cfg.png_compression])
+        ok, buffer = cv2.imencode(".png", pixels, png_params(cfg))
     else:
         if icc or exif:
             notes.append("ICC profile / EXIF not carried into a 16-bit TIFF")
