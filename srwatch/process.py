@@ -22,7 +22,7 @@ import numpy as np
 
 from . import __version__
 from .cache import CachedResult, ResultCache, cache_key, settings_digest, sha256_bytes, sha256_file
-from .config import Config, resolve_precision
+from .config import Config, LimitsConfig, resolve_precision
 from .engine import Engine, load_engine
 from .errors import (
     CorruptImage, JobError, ModelError, ModelLoadError, OutputError, StorageError, TooManyPixels, is_environmental,
@@ -119,8 +119,17 @@ class Processor:
         """
         clock = _Stages()
         data = self.read(src, max_bytes)
-        input_bytes = len(data)
         clock.lap("read")
+        return self.process_bytes(data, clock)
+
+    def process_bytes(self, data: bytes, clock: Optional["_Stages"] = None) -> Rendered:
+        """Render an input file's bytes (read by the caller: a Ray actor gets them from the supervisor).
+
+        The one path for local workers and Ray actors: cache, header limits, decode, render.
+        Raises JobError subclasses when the data is to blame.
+        """
+        clock = clock or _Stages()
+        input_bytes = len(data)
         key = cache_key(sha256_bytes(data), self._model_digest, self._settings_digest) if self.cache else None
         if key is not None and self.cache is not None:
             hit = self.cache.get(key)
@@ -144,13 +153,7 @@ class Processor:
 
     def read(self, src: Path, max_bytes: Optional[int] = None) -> bytes:
         """read_input, with an OSError as StorageError (environmental) or JobError (the file's)."""
-        try:
-            return read_input(src, self.cfg.limits, max_bytes)
-        except OSError as exc:
-            message = f"cannot read {src.name}: {exc.strerror or exc}"
-            if is_environmental(exc):
-                raise StorageError(message, exc.errno) from None
-            raise JobError(message) from None
+        return read_claimed(src, self.cfg.limits, max_bytes)
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the result for an input of width x height as seen: preshrink, then scale."""
@@ -237,6 +240,21 @@ class Processor:
             raise
         except Exception as exc:
             raise OutputError(f"cannot encode the result: {type(exc).__name__}: {exc}") from exc
+
+
+def read_claimed(src: Path, limits: LimitsConfig, max_bytes: Optional[int] = None) -> bytes:
+    """A claimed input's bytes (read_input: no links, regular files only, at most ``max_bytes``).
+
+    An OSError becomes StorageError (environmental: the folder is to blame) or JobError (the
+    file's). Local workers read through Processor.read; the Ray supervisor calls it directly.
+    """
+    try:
+        return read_input(src, limits, max_bytes)
+    except OSError as exc:
+        message = f"cannot read {src.name}: {exc.strerror or exc}"
+        if is_environmental(exc):
+            raise StorageError(message, exc.errno) from None
+        raise JobError(message) from None
 
 
 class _Stages:

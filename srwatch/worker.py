@@ -13,12 +13,16 @@ import signal
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import claim, sink
 from .claim import Job
 from .config import Config
 from .errors import ModelLoadError, StorageError
 from .messages import Deferred, Done, JobResult, LoadFailed, Ready
+
+if TYPE_CHECKING:
+    from .process import Rendered
 
 log = logging.getLogger("srwatch.worker")
 
@@ -104,20 +108,25 @@ def execute(processor, cfg: Config, job: Job) -> JobResult:
         if finished is not None:
             return finished
         rendered = processor.process(job.path, max_bytes=job.size)
-        stages = dict(rendered.stages)
-        mark = time.perf_counter()
-        output = sink.deliver(cfg, job, rendered.data, output_stem(cfg, job, processor.scale), rendered.ext)
-        stages["deliver"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        archived = sink.finish_original(cfg, job)
-        claim.release(job)
-        stages["archive"] = time.perf_counter() - mark
-    except StorageError as exc:
-        return Deferred(job.id, str(exc))
+        return deliver(cfg, job, rendered, processor.scale, started)
     except Exception as exc:  # noqa: BLE001 - JobError is the file's fault; anything else a bug: neither loses it
-        if not hasattr(exc, "reason"):  # a bug of ours: the traceback goes into the quarantine record
-            log.error("unexpected error on %s: %s: %s (traceback in its quarantine record)", job.rel, type(exc).__name__, exc)
-        return _fail(cfg, job, exc)
+        return settle_error(cfg, job, exc)
+
+
+def deliver(cfg: Config, job: Job, rendered: "Rendered", scale: int, started: float) -> Done:
+    """The sink side of a rendered job: output into the outbox, original archived, job released.
+
+    Shared by the local workers (execute) and the Ray supervisor (raypool), so both keep the
+    same exactly-once steps. `started` is monotonic; raises like the sink (settle_error maps it).
+    """
+    stages = dict(rendered.stages)
+    mark = time.perf_counter()
+    output = sink.deliver(cfg, job, rendered.data, output_stem(cfg, job, scale), rendered.ext)
+    stages["deliver"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    archived = sink.finish_original(cfg, job)
+    claim.release(job)
+    stages["archive"] = time.perf_counter() - mark
     return Done(
         job_id=job.id,
         output=str(output),
@@ -132,6 +141,15 @@ def execute(processor, cfg: Config, job: Job) -> JobResult:
         output_bytes=len(rendered.data),
         preview=rendered.preview,
     )
+
+
+def settle_error(cfg: Config, job: Job, exc: BaseException) -> JobResult:
+    """How an error ends a job (local worker or Ray supervisor): a folder's defers it, any other quarantines it."""
+    if isinstance(exc, StorageError):
+        return Deferred(job.id, str(exc))
+    if not hasattr(exc, "reason"):  # a bug of ours: the traceback goes into the quarantine record
+        log.error("unexpected error on %s: %s: %s (traceback in its quarantine record)", job.rel, type(exc).__name__, exc)
+    return _fail(cfg, job, exc)
 
 
 def _fail(cfg: Config, job: Job, error: BaseException) -> JobResult:
