@@ -31,7 +31,7 @@ from .hotfolder import HotFolder
 from .messages import Deferred, Done, Failed, Gone, LoadFailed, Ready
 from .notify import Notifier
 from .policy import JobPolicy, Retry
-from .pool import Event, Pool, Worker, WorkerState, describe_exit
+from .pool import Event, Worker, WorkerState, make_pool
 from .telemetry import Pipeline, Telemetry, WorkerView
 from .webhook import Notification, WebhookSender
 
@@ -90,7 +90,7 @@ class Daemon:
         self.cfg = cfg  # the whole file: pool, log, metrics, shutdown_timeout are daemon-wide
         self.once = once
         self.progress = progress
-        self.pool = Pool()
+        self.pool = make_pool(cfg, requeue=self._take_back)  # pool.backend: local processes or Ray actors
         self.policy = JobPolicy(cfg.pool.max_attempts, cfg.pool.job_timeout)
         self.folders: list[HotFolder] = [HotFolder(f) for f in cfg.hot_folders()]
         self.groups: dict[tuple, Group] = {}
@@ -436,6 +436,10 @@ class Daemon:
     def _folder_of(self, job: Job) -> HotFolder:
         return self.owner.get(job.id) or self.folders[0]
 
+    def _take_back(self, job: Job) -> None:
+        """A job the pool sent ahead but never started (a lost Ray actor's prefetched one): first in its queue."""
+        self._folder_of(job).queue.appendleft(job)
+
     def _group_of(self, worker: Worker) -> Optional[Group]:
         for group in self.groups.values():
             if worker.generation == group.active or (group.starting and worker.generation == group.starting.number):
@@ -510,7 +514,7 @@ class Daemon:
             self.pool.retire(worker)
 
     def _worker_died(self, worker: Worker, job: Optional[Job]) -> None:
-        how = describe_exit(worker.process.exitcode)
+        how = worker.how_it_ended
         group = self._group_of(worker)
         if group is not None and group.starting is not None and worker in group.starting.workers:
             return  # a loading worker: _step_generations fails the generation
@@ -815,6 +819,7 @@ class Daemon:
             worker.process.join(timeout=max(0.1, deadline - time.monotonic()))
             if worker.process.is_alive():
                 self.pool.kill(worker, wait_s=2)
+        self.pool.close()  # a Ray pool disconnects: actors still living end with this driver
         if self._bar is not None:
             self._bar.close()
         left = sum(len(f.queue) for f in self.folders)

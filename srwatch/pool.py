@@ -16,12 +16,15 @@ import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .claim import Job
 from .config import Config
 from .messages import Deferred, Done, Failed, Gone, LoadFailed, Message, Ready
 from .worker import worker_main
+
+if TYPE_CHECKING:
+    from .raypool import RayPool
 
 log = logging.getLogger("srwatch.pool")
 
@@ -58,6 +61,11 @@ class Worker:
     def pid(self) -> Optional[int]:
         """The process id."""
         return self.process.pid
+
+    @property
+    def how_it_ended(self) -> str:
+        """Its exit status or signal in words (a Ray worker says how its actor was lost)."""
+        return describe_exit(self.process.exitcode)
 
 
 @dataclass(frozen=True)
@@ -219,3 +227,19 @@ class Pool:
     def serving(self, generation: int) -> list[Worker]:
         """Workers of `generation` that are not retiring (starting, idle or busy)."""
         return [w for w in self.workers if w.generation == generation and w.state is not WorkerState.RETIRING]
+
+    def close(self) -> None:
+        """Nothing to let go of: worker processes are stopped one by one (the Ray pool disconnects here)."""
+
+
+def make_pool(cfg: Config, requeue: Callable[[Job], None]) -> "Pool | RayPool":
+    """The worker pool `pool.backend` names: local processes, or Ray actors (srwatch.raypool).
+
+    `requeue` takes back a job a pool had sent ahead but never started (a Ray actor's
+    prefetched job when the actor is lost): this attempt did not happen.
+    """
+    if cfg.pool.backend == "ray":
+        from .raypool import RayPool  # imports ray: only daemons that use it pay for it
+
+        return RayPool(cfg, requeue)
+    return Pool()
