@@ -321,7 +321,7 @@ class Daemon:
             if job is None:
                 continue
             log.debug("claimed %s as %s", folder.show(job.rel), job.id)
-            self.telemetry.claimed()
+            self.telemetry.claimed(folder.name)
             self.taken_at[job.id] = time.monotonic()
             self.owner[job.id] = folder
             if job.kind == "link":
@@ -458,7 +458,7 @@ class Daemon:
         shown = folder.show(rel)
         seconds = time.monotonic() - self.taken_at.pop(job_id, time.monotonic())
         by = worker.name if worker else "supervisor"
-        self.telemetry.finished(job_id, rel, msg, seconds, by)
+        self.telemetry.finished(job_id, rel, msg, seconds, by, folder.name)
         fields: dict = {"event": type(msg).__name__.lower(), "path": rel, "profile": folder.name, "job": job_id,
                         "worker": by, "size": job.size if job else None, "seconds": round(seconds, 3)}
         if isinstance(msg, Done):
@@ -779,8 +779,10 @@ class Daemon:
             return
         from .web import WebServer  # starlette and uvicorn are loaded only by daemons that serve
 
-        first = self.folders[0].cfg
-        web = WebServer(self.cfg.metrics, self.telemetry, first.paths.inbox, tuple(first.watch.ignore))
+        from .web.app import Target
+
+        targets = [Target(f.name, f.cfg.paths.inbox, tuple(f.cfg.watch.ignore)) for f in self.folders if not f.retiring]
+        web = WebServer(self.cfg.metrics, self.telemetry, targets)
         web.start()
         self.web = web
 
@@ -887,5 +889,4 @@ def _kb(job: Optional[Job]) -> str:
 
 def _web_settings(cfg: Config) -> tuple:
     """What the HTTP endpoint is built from: a change restarts it on reload."""
-    first = cfg.hot_folders()[0]
-    return (cfg.metrics, first.paths.inbox, tuple(first.watch.ignore))
+    return (cfg.metrics, tuple((f.name, f.paths.inbox, tuple(f.watch.ignore)) for f in cfg.hot_folders()))

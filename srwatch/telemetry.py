@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Iterable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -73,6 +73,7 @@ class Finished:
     output_size: Optional[tuple[int, int]] = None
     worker: str = ""
     has_preview: bool = False
+    profile: str = "default"  # the hot folder it came from
 
 
 @dataclass
@@ -97,12 +98,14 @@ class Telemetry:
         self._minutes: deque[_Minute] = deque(maxlen=MINUTES)
         self.totals = {"detected": 0, "done": 0, "quarantined": 0, "gone": 0, "crashed": 0, "restarts": 0}
         r = self.registry
-        self.detected = Counter("srwatch_files_detected", "Files taken from the inbox (claimed).", registry=r)
+        self.detected = Counter("srwatch_files_detected", "Files taken from the inbox (claimed), by profile.",
+                                ["profile"], registry=r)
         self.jobs = Counter(
-            "srwatch_jobs", "Files finished, by outcome (done, quarantined, gone) and quarantine reason.",
-            ["outcome", "reason"], registry=r,
+            "srwatch_jobs", "Files finished, by outcome (done, quarantined, gone), quarantine reason and profile.",
+            ["outcome", "reason", "profile"], registry=r,
         )
-        self.quarantined = Counter("srwatch_quarantined", "Files quarantined, by reason.", ["reason"], registry=r)
+        self.quarantined = Counter("srwatch_quarantined", "Files quarantined, by reason and profile.",
+                                   ["reason", "profile"], registry=r)
         self.crashes = Counter("srwatch_worker_crashes", "Workers that died while holding a file.", registry=r)
         self.restarts = Counter("srwatch_worker_restarts", "Workers started to replace one that died.", registry=r)
         self.webhook_failures = Counter(
@@ -114,8 +117,8 @@ class Telemetry:
             ["stage"], buckets=STAGE_BUCKETS, registry=r,
         )
         self.job_seconds = Histogram(
-            "srwatch_job_seconds", "Seconds from claim to the file's final place (outbox or quarantine).",
-            ["outcome"], buckets=JOB_BUCKETS, registry=r,
+            "srwatch_job_seconds", "Seconds from claim to the file's final place (outbox or quarantine), by profile.",
+            ["outcome", "profile"], buckets=JOB_BUCKETS, registry=r,
         )
         self.input_pixels = Counter("srwatch_input_pixels", "Pixels of the inputs upscaled.", registry=r)
         self.output_pixels = Counter("srwatch_output_pixels", "Pixels of the outputs written.", registry=r)
@@ -132,9 +135,9 @@ class Telemetry:
         with self._lock:
             self._pipeline = pipeline
 
-    def claimed(self) -> None:
-        """A file was taken from the inbox."""
-        self.detected.inc()
+    def claimed(self, profile: str = "default") -> None:
+        """A file was taken from the inbox of `profile`."""
+        self.detected.labels(profile).inc()
         with self._lock:
             self.totals["detected"] += 1
 
@@ -158,24 +161,26 @@ class Telemetry:
         with self._lock:
             self.totals["restarts"] += 1
 
-    def finished(self, job_id: str, rel: str, msg: object, seconds: float, worker: str = "") -> Finished:
+    def finished(self, job_id: str, rel: str, msg: object, seconds: float, worker: str = "",
+                 profile: str = "default") -> Finished:
         """A file reached its final place: Done, Failed (quarantined) or Gone; returns the entry kept."""
         now = time.time()
         if isinstance(msg, Done):
-            entry = self._done_entry(job_id, rel, msg, seconds, worker, now)
+            entry = self._done_entry(job_id, rel, msg, seconds, worker, now, profile)
         elif isinstance(msg, Failed):
             entry = Finished(
                 job_id, rel, "quarantined", now, seconds, reason=msg.reason, message=msg.message,
                 record=record_name(_name(msg.quarantined)) if msg.quarantined else None, worker=worker,
+                profile=profile,
             )
-            self.jobs.labels("quarantined", msg.reason).inc()
-            self.quarantined.labels(msg.reason).inc()
-            self.job_seconds.labels("quarantined").observe(seconds)
+            self.jobs.labels("quarantined", msg.reason, profile).inc()
+            self.quarantined.labels(msg.reason, profile).inc()
+            self.job_seconds.labels("quarantined", profile).observe(seconds)
         else:
-            self.jobs.labels("gone", "").inc()
+            self.jobs.labels("gone", "", profile).inc()
             with self._lock:
                 self.totals["gone"] += 1
-            return Finished(job_id, rel, "gone", now, seconds, worker=worker)
+            return Finished(job_id, rel, "gone", now, seconds, worker=worker, profile=profile)
         with self._lock:
             minute = self._minute(now)
             if entry.outcome == "done":
@@ -194,9 +199,10 @@ class Telemetry:
                 self._quarantined.append(entry)
         return entry
 
-    def _done_entry(self, job_id: str, rel: str, msg: Done, seconds: float, worker: str, now: float) -> Finished:
-        self.jobs.labels("done", "").inc()
-        self.job_seconds.labels("done").observe(seconds)
+    def _done_entry(self, job_id: str, rel: str, msg: Done, seconds: float, worker: str, now: float,
+                    profile: str) -> Finished:
+        self.jobs.labels("done", "", profile).inc()
+        self.job_seconds.labels("done", profile).observe(seconds)
         for stage, spent in msg.stages.items():
             self.stage_seconds.labels(stage).observe(spent)
         self.input_pixels.inc(_pixels(msg.input_size))
@@ -205,7 +211,7 @@ class Telemetry:
         self.output_bytes.inc(msg.output_bytes)
         return Finished(
             job_id, rel, "done", now, seconds, output=_name(msg.output), input_size=msg.input_size,
-            output_size=msg.output_size, worker=worker, has_preview=msg.preview is not None,
+            output_size=msg.output_size, worker=worker, has_preview=msg.preview is not None, profile=profile,
         )
 
     def _minute(self, now: float) -> _Minute:

@@ -50,20 +50,20 @@ def test_metrics_count_a_known_batch(layout: Layout) -> None:
             place(layout.inbox, drop)
         wait_finished(layout, len(drops), 90, [daemon])
         # The folders are final a tick before the supervisor has counted the last message.
-        wait_for(lambda: sample(scrape(base), "srwatch_jobs_total", outcome="done", reason="") == 3, 10,
+        wait_for(lambda: sample(scrape(base), "srwatch_jobs_total", outcome="done", reason="", profile="default") == 3, 10,
                  what="three files counted as done")
         samples = scrape(base)
         assert daemon.stop() == 0
 
-    assert sample(samples, "srwatch_files_detected_total") == 4
-    assert sample(samples, "srwatch_jobs_total", outcome="quarantined", reason="not_image") == 1
-    assert sample(samples, "srwatch_quarantined_total", reason="not_image") == 1
+    assert sample(samples, "srwatch_files_detected_total", profile="default") == 4
+    assert sample(samples, "srwatch_jobs_total", outcome="quarantined", reason="not_image", profile="default") == 1
+    assert sample(samples, "srwatch_quarantined_total", reason="not_image", profile="default") == 1
     assert sum(matching(samples, "srwatch_quarantined_total").values()) == 1
     assert sample(samples, "srwatch_stage_seconds_count", stage="infer") == 3
     assert sample(samples, "srwatch_stage_seconds_count", stage="decode") == 3
-    assert sample(samples, "srwatch_job_seconds_count", outcome="done") == 3
-    assert sample(samples, "srwatch_job_seconds_count", outcome="quarantined") == 1
-    assert sample(samples, "srwatch_job_seconds_sum", outcome="done") > 0
+    assert sample(samples, "srwatch_job_seconds_count", outcome="done", profile="default") == 3
+    assert sample(samples, "srwatch_job_seconds_count", outcome="quarantined", profile="default") == 1
+    assert sample(samples, "srwatch_job_seconds_sum", outcome="done", profile="default") > 0
 
     outputs = [cv2.imread(str(layout.outbox / name), cv2.IMREAD_UNCHANGED) for name in layout.files(layout.outbox)]
     assert len(outputs) == 3

@@ -203,3 +203,35 @@ def test_reload_adds_removes_and_changes_only_the_profiles_that_changed(tmp_path
     assert_each_input_once(lay["c"], {"c1.png": c1}, suffix="_x2")
     log = daemon.log()
     assert "hot folder c added" in log and "hot folder b removed" in log
+
+
+def test_uploads_and_metrics_name_the_profile(tmp_path: Path) -> None:
+    from web_harness import free_port, multipart, request, sample, scrape, wait_http
+
+    lay = _layouts(tmp_path, "a", "b")
+    port = free_port()
+    config = _write(tmp_path, [{"name": "a", "paths": _paths(lay["a"])}, {"name": "b", "paths": _paths(lay["b"])}],
+                    metrics={"listen": f"127.0.0.1:{port}"}, pool={"workers": 1, "threads_per_worker": 1})
+    base = f"http://127.0.0.1:{port}/"
+    daemon = DaemonProcess(config, tmp_path / "daemon.log").start()
+    data = image_bytes(36, 28, seed=7)
+    try:
+        wait_http(base)
+        body, content_type = multipart([("up.png", data)])
+        reply = request(base + "upload?profile=b", data=body, headers={"Content-Type": content_type}, method="POST")
+        assert reply.status == 200, reply.body
+        assert reply.json()["profile"] == "b" and reply.json()["files"][0]["saved_as"] == "up.png"
+        refused = request(base + "upload?profile=nope", data=body, headers={"Content-Type": content_type},
+                          method="POST")
+        assert refused.status == 400 and "no profile named 'nope'" in refused.json()["error"]
+        wait_for(lambda: _finished(lay["b"], 1), 60, what="the upload processed in profile b")
+        wait_for(lambda: sample(scrape(base), "srwatch_jobs_total", outcome="done", reason="", profile="b") == 1,
+                 10, what="the metric labelled with the profile")
+        page = request(base).body.decode()
+        assert '<select id="profile">' in page and '<option value="b">b</option>' in page
+        done = request(base + "api/status").json()["recent_done"]
+        assert [(e["rel"], e["profile"]) for e in done] == [("up.png", "b")]
+    finally:
+        assert daemon.stop() == 0
+    assert_each_input_once(lay["b"], {"up.png": data})
+    assert_each_input_once(lay["a"], {})

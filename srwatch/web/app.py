@@ -48,17 +48,43 @@ LOOPBACK_NAMES = ["localhost", "127.0.0.1", "[::1]", "::1"]
 
 
 @dataclass(frozen=True)
+class Target:
+    """A hot folder uploads may go to: its profile's name, inbox and watch.ignore."""
+
+    name: str
+    inbox: Path
+    ignore: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Site:
     """What the routes need from the daemon: its figures and where uploads go."""
 
     telemetry: Telemetry
     metrics: MetricsConfig
-    inbox: Path
-    ignore: tuple[str, ...] = ()  # watch.ignore
+    targets: tuple[Target, ...]  # the hot folders; the first is the default for uploads
+
+    @property
+    def inbox(self) -> Path:
+        """The default target's inbox."""
+        return self.targets[0].inbox
+
+    def target(self, profile: Optional[str]) -> Target:
+        """The hot folder an upload names (?profile=NAME), or the first; BadUpload for an unknown name."""
+        if profile is None or profile == "":
+            return self.targets[0]
+        for target in self.targets:
+            if target.name == profile:
+                return target
+        raise BadUpload(f"no profile named {profile[:64]!r} (profiles: {', '.join(t.name for t in self.targets)})")
+
+    def limits_for(self, target: Target) -> Limits:
+        """Size and count limits, and the names that hot folder's watcher ignores."""
+        return Limits(int(self.metrics.max_upload_mb * MB), self.metrics.max_upload_files, target.ignore)
 
     @property
     def limits(self) -> Limits:
-        return Limits(int(self.metrics.max_upload_mb * MB), self.metrics.max_upload_files, self.ignore)
+        return self.limits_for(self.targets[0])
 
     @property
     def max_body(self) -> int:
@@ -162,6 +188,7 @@ async def page(request: Request) -> Response:
         "max_upload_mb": site.metrics.max_upload_mb,
         "max_upload_files": site.metrics.max_upload_files,
         "accept": ",".join(ALLOWED_EXTENSIONS),
+        "profiles": [t.name for t in site.targets] if len(site.targets) > 1 else [],
     }
     response = request.app.state.templates.TemplateResponse(request, "index.html", context)
     response.headers.update(PAGE_HEADERS)
@@ -211,8 +238,9 @@ async def upload(request: Request) -> Response:
     receiver: Optional[UploadReceiver] = None
     try:
         authorized = _check_request(request, site)
-        receiver = UploadReceiver(site.inbox, boundary_of(request.headers.get("content-type")), site.limits,
-                                  site.metrics.token, authorized)
+        target = site.target(request.query_params.get("profile"))
+        receiver = UploadReceiver(target.inbox, boundary_of(request.headers.get("content-type")),
+                                  site.limits_for(target), site.metrics.token, authorized)
         async for chunk in stream:
             # Writes go to the inbox, which may be a slow network mount: off the event loop,
             # so that /metrics and the page keep answering during a large upload.
@@ -232,9 +260,11 @@ async def upload(request: Request) -> Response:
         if receiver is not None:
             receiver.discard()
     for item in saved:
-        log.info("upload %r -> %s (%d bytes)", item.name, item.saved_as, item.size)
+        log.info("upload %r -> %s (%d bytes)%s", item.name, item.saved_as, item.size,
+                 "" if len(site.targets) == 1 else f", profile {target.name}")
     return JSONResponse({
         "files": [{"name": s.name, "saved_as": s.saved_as, "size": s.size} for s in saved],
+        "profile": target.name,
         "received_at": received_at,
     })
 

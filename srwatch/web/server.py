@@ -12,15 +12,14 @@ import errno
 import logging
 import socket
 import threading
-from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import uvicorn
 
 from ..config import MetricsConfig
 from ..errors import ConfigError
 from ..telemetry import Telemetry
-from .app import Site, create_app
+from .app import Site, Target, create_app
 from .upload import STALE_TEMP_SECONDS, sweep_stale_temps
 
 log = logging.getLogger("srwatch.web")
@@ -33,9 +32,9 @@ BACKLOG = 64  # pending connections the kernel keeps for us
 class WebServer:
     """One running endpoint (metrics, page, uploads) for one metrics section."""
 
-    def __init__(self, metrics: MetricsConfig, telemetry: Telemetry, inbox: Path, ignore: tuple[str, ...] = ()) -> None:
+    def __init__(self, metrics: MetricsConfig, telemetry: Telemetry, targets: Sequence[Target]) -> None:
         self.metrics = metrics
-        self.site = Site(telemetry, metrics, inbox, tuple(ignore))
+        self.site = Site(telemetry, metrics, tuple(targets))
         self._server: Optional[uvicorn.Server] = None
         self._thread: Optional[threading.Thread] = None
         self._sock: Optional[socket.socket] = None
@@ -50,7 +49,7 @@ class WebServer:
     def start(self) -> None:
         """Bind (ConfigError if the address cannot be had), then serve in a daemon thread."""
         self._sock = bind(self.metrics)
-        swept = sweep_stale_temps(self.site.inbox, STALE_TEMP_SECONDS)
+        swept = sum(sweep_stale_temps(t.inbox, STALE_TEMP_SECONDS) for t in self.site.targets)
         if swept:
             log.info("removed %d upload temp file(s) abandoned in the inbox", swept)
         # uvicorn's start and stop lines say nothing our own line does not; its warnings stay.

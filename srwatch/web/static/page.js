@@ -148,7 +148,8 @@ function setUpload(upload, state, status) {
 // The oldest finished entry for this upload's name since it was received, not already taken by another upload.
 function findFinished(list, upload) {
   const found = list
-    .filter((e) => e.rel === upload.savedAs && e.at >= upload.since - 1 && !matched.has(e.id))
+    .filter((e) => e.rel === upload.savedAs && (!upload.profile || e.profile === upload.profile)
+      && e.at >= upload.since - 1 && !matched.has(e.id))
     .sort((a, b) => a.at - b.at)[0];
   if (found) matched.add(found.id);
   return found;
@@ -177,7 +178,7 @@ function addUpload(name) {
   row.querySelector("[data-field=name]").textContent = name;
   setupCompare(row.querySelector(".compare"));
   document.getElementById("uploads").prepend(row);
-  const upload = {row, name, savedAs: null, since: 0, entry: null};
+  const upload = {row, name, savedAs: null, since: 0, entry: null, profile: null};
   uploads.push(upload);
   setUpload(upload, "uploading", "uploading\u2026");
   return upload;
@@ -187,12 +188,14 @@ async function send(files) {
   if (!files.length) return;
   const tokenInput = document.getElementById("token");
   const token = tokenInput ? tokenInput.value : "";
+  const profileSelect = document.getElementById("profile");  // only with several hot folders
+  const target = profileSelect ? `upload?profile=${encodeURIComponent(profileSelect.value)}` : "upload";
   const form = new FormData();
   for (const file of files) form.append("file", file, file.name);
   const pending = files.map((file) => addUpload(file.name));
   let response, body;
   try {
-    response = await fetch("upload", {method: "POST", body: form, headers: token ? {Authorization: `Bearer ${token}`} : {}});
+    response = await fetch(target, {method: "POST", body: form, headers: token ? {Authorization: `Bearer ${token}`} : {}});
     body = await response.json().catch(() => ({}));
   } catch (err) {
     pending.forEach((u) => setUpload(u, "refused", `not sent: ${err}`));
@@ -206,6 +209,7 @@ async function send(files) {
     const upload = pending[i];
     upload.savedAs = saved.saved_as;
     upload.since = body.received_at;
+    upload.profile = body.profile;
     upload.row.dataset.savedAs = saved.saved_as;
     setUpload(upload, "waiting", `in the inbox as ${saved.saved_as}, waiting`);
   });
