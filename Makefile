@@ -16,10 +16,11 @@ $(VENV)/.runtime: pyproject.toml $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[openvino,onnxruntime]'
 	touch $@
 
-# Tests also train a tiny model: torch 2.13.0 is the CPU build (a plain `torch` would pull CUDA).
+# Tests also train a tiny model: torch 2.13.0 is the CPU build (a plain `torch` would pull CUDA);
+# tests/test_ray.py runs a two-node Ray cluster (the ray extra).
 $(VENV)/.test: pyproject.toml $(VENV)/.runtime
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[openvino,onnxruntime,train,test]'
+	$(BIN)/pip install --quiet -e '.[openvino,onnxruntime,train,test,ray]'
 	touch $@
 
 # Benchmarks (benchmarks/soak.py draws its curves with matplotlib).

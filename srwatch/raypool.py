@@ -425,7 +425,9 @@ class RayPool:
         stages = {"read": call.read_seconds, **rendered.stages,
                   "ray": max(0.0, time.monotonic() - w.job_started - actor_seconds)}
         try:
-            return deliver(call.cfg, call.job, replace(rendered, stages=stages), w.scale, call.sent), None
+            # Seconds from when it became the running job (a prefetched one waited behind another).
+            started = max(call.sent, w.job_started)
+            return deliver(call.cfg, call.job, replace(rendered, stages=stages), w.scale, started), None
         except Exception as exc:  # noqa: BLE001 - as worker.execute
             return settle_error(call.cfg, call.job, exc), None
 
