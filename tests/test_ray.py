@@ -311,6 +311,24 @@ def test_an_actor_killed_mid_file_is_retried_and_one_killed_each_time_is_worker_
         daemon.close()
 
 
+def test_a_file_past_job_timeout_is_quarantined_and_its_actor_replaced(two_nodes: RayCluster, layout: Layout,
+                                                                      fault_report) -> None:
+    """pool.job_timeout: the actor is killed and the file quarantined as timeout; a new actor serves the next."""
+    daemon = ray_daemon(layout, two_nodes, pool={"job_timeout": 0.5})
+    try:
+        late = place(layout.inbox, file_drop("late.png", 2 * SLOW, 2 * SLOW, seed=4, expect="timeout"))
+        wait_finished(layout, 1, 90, [daemon], "late.png quarantined")
+        assert layout.reason("late.png")["reason"] == "timeout"
+        assert re.search(r"ray-\d+ exceeded pool\.job_timeout on late\.png; killing it", daemon.log())
+        wait_for(lambda: len(actors(daemon)) == 3, 60, 0.2, "a replacement actor")
+        after = place(layout.inbox, file_drop("on-time.png", SMALL, SMALL, seed=5))
+        wait_finished(layout, 2, 90, [daemon], "a file after the timeout")
+        assert daemon.stop() == 0
+        check_and_report(fault_report, "ray: a file past pool.job_timeout", layout, [late, after])
+    finally:
+        daemon.close()
+
+
 def test_a_node_stopped_mid_batch_loses_and_doubles_nothing(two_nodes: RayCluster, layout: Layout,
                                                              fault_report) -> None:
     """The second node's processes are SIGKILLed while its actor holds a file: retried on the other node."""
