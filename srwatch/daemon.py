@@ -32,7 +32,7 @@ from .messages import Deferred, Done, Failed, Gone, LoadFailed, Ready
 from .notify import Notifier
 from .policy import JobPolicy, Retry
 from .pool import Event, Worker, WorkerState, make_pool
-from .telemetry import Pipeline, Telemetry, WorkerView
+from .telemetry import FolderView, Pipeline, Telemetry, WorkerView
 from .webhook import Notification, WebhookSender
 
 log = logging.getLogger("srwatch.daemon")
@@ -631,11 +631,17 @@ class Daemon:
             for w in self.pool.workers
         )
         state = "stopping" if self.stopping else "running" if self.announced else "starting"
+        wall = datetime.now()
+        folders = tuple(
+            FolderView(f.name, f.settling, f.ready, len(f.queue),
+                       "removed" if f.retiring else "open" if f.is_open(wall) else "closed", f.cfg.schedule.hours)
+            for f in self.folders
+        )
         return Pipeline(
             settling=sum(f.settling for f in self.folders),
             ready=sum(f.ready for f in self.folders),
             queued=sum(len(f.queue) for f in self.folders), in_progress=len(busy),
-            oldest_pending_age=round(now - oldest, 3), workers=workers, paused=paused, state=state,
+            oldest_pending_age=round(now - oldest, 3), workers=workers, paused=paused, state=state, folders=folders,
         )
 
     # -- state ---------------------------------------------------------------------------

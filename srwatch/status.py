@@ -233,6 +233,13 @@ def _render_daemon(report: dict, lines: list[str]) -> None:
         f"queue: {snap.get('settling', 0)} settling, {snap.get('ready', 0)} ready, {snap.get('queued', 0)} claimed, "
         f"{snap.get('in_progress', 0)} in progress; oldest pending {_duration(snap.get('oldest_pending_age'))}"
     )
+    folders = snap.get("folders", [])
+    if len(folders) > 1 or any(f.get("hours") for f in folders):
+        for f in folders:
+            held = f.get("state") == "closed"
+            lines.append(f"  hot folder {f.get('name')}: {f.get('state')}"
+                         + (f" (hours {f.get('hours')})" if f.get("hours") else "")
+                         + f", {f.get('ready', 0)} {'held' if held else 'ready'}, {f.get('queued', 0)} claimed")
     for paused in snap.get("paused", []):
         lines.append(f"PAUSED: {paused}")
     t = snap.get("totals", {})

@@ -43,6 +43,18 @@ class WorkerView:
 
 
 @dataclass(frozen=True)
+class FolderView:
+    """One hot folder (profile) as the page and `srwatch status` show it."""
+
+    name: str
+    settling: int
+    ready: int  # held in the inbox while the folder is closed
+    queued: int
+    state: str  # open | closed (outside schedule.hours) | removed (draining after a reload)
+    hours: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """The queue as the supervisor sees it at one moment."""
 
@@ -54,6 +66,7 @@ class Pipeline:
     workers: tuple[WorkerView, ...] = ()
     paused: tuple[str, ...] = ()  # 'claiming paused: ...', 'delivery paused: ...'
     state: str = "starting"  # starting | running | stopping
+    folders: tuple[FolderView, ...] = ()  # per hot folder
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import http.server
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta
@@ -83,7 +85,7 @@ def _finished(layout: Layout, n: int) -> bool:
 
 def test_three_profiles_each_with_its_model_format_name_schedule_and_webhook(tmp_path: Path, hook: str) -> None:
     lay = _layouts(tmp_path, "x2", "x3", "x4")
-    opens = (datetime.now() + timedelta(seconds=12)).replace(microsecond=0)
+    opens = (datetime.now() + timedelta(seconds=15)).replace(microsecond=0)
     window = f"{opens:%H:%M:%S}-{opens + timedelta(hours=1):%H:%M:%S}"
     config = _write(tmp_path, [
         {"name": "x2-jpeg", "paths": _paths(lay["x2"]), "model": {"path": str(MODELS / "EDSR-srwatch_x2.pb")},
@@ -103,6 +105,17 @@ def test_three_profiles_each_with_its_model_format_name_schedule_and_webhook(tmp
         assert datetime.now() < opens - timedelta(seconds=1), "too slow to observe the closed window"
         assert sorted(p.name for p in lay["x4"].inbox.iterdir()) == ["p0.png", "p1.png"]
         assert "hot folder x4-night is closed" in daemon.log()
+        def daemon_status() -> dict:
+            run = subprocess.run([sys.executable, "-m", "srwatch.cli", "status", "-c", str(config), "--json",
+                                  "--profile", "x4-night"], capture_output=True, text=True, timeout=60, cwd=REPO)
+            assert run.returncode == 0, run.stderr
+            return json.loads(run.stdout)["profiles"]["x4-night"]["daemon"]
+
+        wait_for(lambda: daemon_status() is not None, 10, 0.2, "the daemon's status file")
+        folders = {f["name"]: f for f in daemon_status()["folders"]}
+        assert folders["x4-night"]["state"] == "closed" and folders["x4-night"]["hours"] == window
+        assert folders["x2-jpeg"]["state"] == "open"
+        assert datetime.now() < opens, "too slow to observe the closed window"
         wait_for(lambda: _finished(lay["x4"], 2), 60, what="x4 files released when the window opened")
         assert datetime.now() >= opens
         wait_for(lambda: len(_Hook.received) >= 2, 20, what="two webhook POSTs")
