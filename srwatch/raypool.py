@@ -32,7 +32,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import claim, sink
 from .claim import Job
@@ -41,6 +41,10 @@ from .errors import ConfigError
 from .messages import JobResult, LoadFailed, Ready
 from .pool import Event, WorkerState
 from .worker import deliver, settle_error
+
+if TYPE_CHECKING:
+    from .process import Rendered
+    from .worker import Processors
 
 log = logging.getLogger("srwatch.raypool")
 
@@ -63,7 +67,7 @@ class RayActor:
         setup_logging(cfg.log)
         started = time.monotonic()
         self.error: Optional[str] = None
-        self.processors = None
+        self.processors: Optional[Processors] = None
         folder = Path(tempfile.mkdtemp(prefix="srwatch-model-"))
         try:
             self.processors = _load(cfg, model, folder, threads)
@@ -82,7 +86,7 @@ class RayActor:
         return {"pid": os.getpid(), "node_id": context.get_node_id(), "ip": ray.util.get_node_ip_address(),
                 "scale": scale, "load_seconds": self.load_seconds, "error": self.error}
 
-    def process(self, data: bytes, cfg: Config):
+    def process(self, data: bytes, cfg: Config) -> Rendered:
         """Render one input file's bytes with `cfg`'s output settings (the job's hot folder)."""
         assert self.processors is not None
         return self.processors.get(cfg).process_bytes(data)
@@ -92,7 +96,7 @@ class RayActor:
         threading.Event().wait()
 
 
-def _load(cfg: Config, model: dict[str, bytes], folder: Path, threads: int):
+def _load(cfg: Config, model: dict[str, bytes], folder: Path, threads: int) -> Processors:
     """A Processors (worker.py) whose engine loads the model files written into `folder`."""
     from .process import Processor
     from .worker import Processors
@@ -257,6 +261,10 @@ class RayPool:
     @property
     def ray(self) -> Any:
         """The ray module, connected."""
+        return self.connect()
+
+    def connect(self) -> Any:
+        """Connect to Ray once (at the first spawn, in bootstrap); the ray module. ConfigError if it cannot."""
         if self._session is None:
             self._session = connect(self._cfg.ray)
             self._actor_class = self._session.ray.remote(concurrency_groups={WATCH_GROUP: 1})(RayActor)
@@ -269,7 +277,7 @@ class RayPool:
         Threads per actor: pool.threads_per_worker, or with 'auto' the CPUs Ray reserves for it
         (ray.num_cpus); the daemon's `threads` counts this machine's CPUs, not the node's.
         """
-        ray = self.ray
+        self.connect()
         self._count += 1
         name = f"ray-{self._count}"
         options: dict[str, Any] = {
@@ -315,9 +323,9 @@ class RayPool:
         The supervisor finishes an earlier attempt's delivery or reads the input here; only
         the bytes go to the actor.
         """
-        assert self._has_room(worker)
         if worker.state is WorkerState.DEAD:
             return False
+        assert self._has_room(worker)
         call = self._call(worker, job, cfg)
         worker.calls.append(call)
         if worker.job is None:
