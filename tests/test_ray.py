@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -127,6 +128,7 @@ class RayCluster:
             except subprocess.TimeoutExpired:
                 pass
         wait_for(lambda: not self.leftovers(), 20, 0.2, "the test's Ray processes to be gone")
+        shutil.rmtree(self.temp, ignore_errors=True)  # sessions' logs and the token
 
     def leftovers(self) -> list[str]:
         """Processes of this cluster still running: in our sessions, or naming our temp folder."""
