@@ -191,6 +191,16 @@ def test_openvino_bf16_is_an_option(models_dir: Path, small_bgr: np.ndarray) -> 
     assert psnr(out, reference) >= 45.0
 
 
+def test_openvino_leaves_thread_placement_to_the_kernel(models_dir: Path, small_bgr: np.ndarray) -> None:
+    # Pinned, every worker process put its inference thread on the first core: two 1-thread
+    # workers shared one core at 50% each (benchmarks/README.md, "CPU pinning").
+    pytest.importorskip("openvino")
+    engine = load_engine(ModelConfig(path=upstream(models_dir, "FSRCNN_x3.pb"), engine="openvino"), OFF, 1)
+    engine.upscale(small_bgr)
+    compiled, _ = engine.compiled_for(engine.input_shape(np.zeros((1, 1) + small_bgr.shape[:2], np.float32)))
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+
+
 @pytest.mark.parametrize("kind, scale", [("y", 2), ("y", 4), ("edsr", 3)])
 def test_onnx_model_on_all_engines(tmp_path: Path, kind: str, scale: int, small_bgr: np.ndarray) -> None:
     pytest.importorskip("onnxruntime")
