@@ -261,16 +261,19 @@ class Daemon:
             prefix = "model.path" if len(self.folders) == 1 else f"model.path ({group.label})"
             raise ConfigError(f"{prefix}: {why}")
         log.error("reload failed, keeping the running workers and config: %s", why)
-        # The whole reload is off: other groups it started stop loading, and new groups go.
-        for other in self.groups.values():
-            if other.starting is not None and other.starting.reload:
-                for w in other.starting.workers:
-                    self.pool.kill(w)
-                other.starting = None
-        for key in [k for k, g in self.groups.items() if not g.active]:
-            del self.groups[key]
+        self._cancel_reload()  # the whole reload is off, not only this group's part
         self.pending = None
         self.notifier.ready(self.status_line())
+
+    def _cancel_reload(self) -> None:
+        """Stop the workers a reload is loading; forget the groups it added (they never served)."""
+        for group in self.groups.values():
+            if group.starting is not None and group.starting.reload:
+                for w in group.starting.workers:
+                    self.pool.kill(w)
+                group.starting = None
+        for key in [k for k, g in self.groups.items() if not g.active]:
+            del self.groups[key]
 
     def _watch(self) -> None:
         if not self.opened or self.stopping:
@@ -728,13 +731,7 @@ class Daemon:
     def _reload_groups(self, new: Config) -> bool:
         """Start new workers for groups whose model or layout changed; True if any are loading."""
         if self.pending is not None:  # a reload during a reload: the newest config wins
-            for group in self.groups.values():
-                if group.starting is not None and group.starting.reload:
-                    for w in group.starting.workers:
-                        self.pool.kill(w)
-                    group.starting = None
-            for key in [k for k, g in self.groups.items() if not g.active]:
-                del self.groups[key]
+            self._cancel_reload()
         loading = False
         for key, planned in plan_groups(new).items():
             group = self.groups.get(key)

@@ -5,12 +5,10 @@ Every profile keeps the invariant: each input exactly once, none half-written.
 """
 from __future__ import annotations
 
-import http.server
 import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,6 +20,7 @@ import yaml
 from daemon_harness import (
     FAST_WATCH, REPO, DaemonProcess, Drop, Layout, assert_each_input_once, image_bytes, model_for_tests, wait_for,
 )
+from webhook_receiver import Received, receiving
 
 pytestmark = pytest.mark.slow
 
@@ -50,31 +49,10 @@ def _layouts(root: Path, *names: str) -> dict[str, Layout]:
     return layouts
 
 
-class _Hook(http.server.BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).received.append(body)
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture()
 def hook():
-    _Hook.received = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/srwatch"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with receiving("/srwatch") as received:
+        yield received
 
 
 def _finished(layout: Layout, n: int) -> bool:
@@ -83,13 +61,13 @@ def _finished(layout: Layout, n: int) -> bool:
     return finished_count(layout) >= n and not layout.work_jobs()
 
 
-def test_three_profiles_each_with_its_model_format_name_schedule_and_webhook(tmp_path: Path, hook: str) -> None:
+def test_three_profiles_each_with_its_model_format_name_schedule_and_webhook(tmp_path: Path, hook: Received) -> None:
     lay = _layouts(tmp_path, "x2", "x3", "x4")
     opens = (datetime.now() + timedelta(seconds=15)).replace(microsecond=0)
     window = f"{opens:%H:%M:%S}-{opens + timedelta(hours=1):%H:%M:%S}"
     config = _write(tmp_path, [
         {"name": "x2-jpeg", "paths": _paths(lay["x2"]), "model": {"path": str(MODELS / "EDSR-srwatch_x2.pb")},
-         "output": {"format": "jpg", "jpeg_quality": 90}, "notify": {"webhook": hook}},
+         "output": {"format": "jpg", "jpeg_quality": 90}, "notify": {"webhook": hook.url}},
         {"name": "x3-png", "paths": _paths(lay["x3"]), "output": {"format": "png", "name": "{stem}-{profile}-x{scale}"}},
         {"name": "x4-night", "paths": _paths(lay["x4"]), "model": {"path": str(MODELS / "EDSR-srwatch_x4.pb")},
          "schedule": {"hours": window}},
@@ -118,7 +96,7 @@ def test_three_profiles_each_with_its_model_format_name_schedule_and_webhook(tmp
         assert datetime.now() < opens, "too slow to observe the closed window"
         wait_for(lambda: _finished(lay["x4"], 2), 60, what="x4 files released when the window opened")
         assert datetime.now() >= opens
-        wait_for(lambda: len(_Hook.received) >= 2, 20, what="two webhook POSTs")
+        wait_for(lambda: len(hook.bodies) >= 2, 20, what="two webhook POSTs")
     finally:
         assert daemon.stop() == 0
     # Every profile's folders hold exactly what they should (the harness sees every file).
@@ -134,7 +112,7 @@ def test_three_profiles_each_with_its_model_format_name_schedule_and_webhook(tmp
         assert png.shape[:2] == (3 * h, 3 * w)
         x4 = cv2.imread(str(lay["x4"].outbox / f"p{i}_x4.png"))
         assert x4.shape[:2] == (4 * h, 4 * w)
-    bodies = sorted(_Hook.received, key=lambda b: b["input"])
+    bodies = sorted(hook.bodies, key=lambda b: b["input"])
     assert [b["input"] for b in bodies] == ["p0.png", "p1.png"]  # only the profile with a webhook
     assert all(b["profile"] == "x2-jpeg" and b["event"] == "done" and b["output"].endswith("_x2.jpg") for b in bodies)
     assert all(set(b["ms"]) >= {"read", "decode", "infer", "encode"} for b in bodies)

@@ -1,9 +1,6 @@
 """Profiles in the config, opening hours and webhooks: the parts that need no daemon."""
 from __future__ import annotations
 
-import http.server
-import json
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +12,7 @@ from srwatch.config import load_config
 from srwatch.errors import ConfigError
 from srwatch.schedule import parse_hours
 from srwatch.webhook import Notification, WebhookSender
+from webhook_receiver import Received, receiving
 
 BASE = {
     "model": {"path": "EDSR-srwatch_x3.onnx", "engine": "opencv"},
@@ -101,58 +99,29 @@ def test_hours_across_midnight_and_several_windows() -> None:
             parse_hours(bad)
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    bodies: list = []
-    fail_first = 0
-    delay = 0.0
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        length = int(self.headers["Content-Length"])
-        body = json.loads(self.rfile.read(length))
-        time.sleep(type(self).delay)
-        if type(self).fail_first > 0:
-            type(self).fail_first -= 1
-            self.send_response(503)
-        else:
-            type(self).bodies.append(body)
-            self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture()
 def receiver():
-    _Receiver.bodies, _Receiver.fail_first, _Receiver.delay = [], 0, 0.0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with receiving() as received:
+        yield received
 
 
-def test_webhook_retries_then_delivers_in_order(receiver: str) -> None:
+def test_webhook_retries_then_delivers_in_order(receiver: Received) -> None:
     results = []
-    _Receiver.fail_first = 2
+    receiver.fail_first = 2
     sender = WebhookSender(on_result=lambda profile, ok: results.append((profile, ok)))
     try:
         for i in range(3):
-            assert sender.send(Notification(receiver, {"input": f"f{i}"}, timeout=2, retries=3, profile="p"))
+            assert sender.send(Notification(receiver.url, {"input": f"f{i}"}, timeout=2, retries=3, profile="p"))
         deadline = time.monotonic() + 20
         while len(results) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         sender.stop()
     assert results == [("p", True)] * 3
-    assert [b["input"] for b in _Receiver.bodies] == ["f0", "f1", "f2"]
+    assert [b["input"] for b in receiver.bodies] == ["f0", "f1", "f2"]
 
 
-def test_webhook_failure_is_counted_and_send_never_blocks(receiver: str) -> None:
+def test_webhook_failure_is_counted_and_send_never_blocks(receiver: Received) -> None:
     results = []
     sender = WebhookSender(on_result=lambda profile, ok: results.append(ok))
     dead = "http://127.0.0.1:9/nothing-listens-here"
