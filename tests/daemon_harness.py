@@ -536,10 +536,14 @@ def quarantine_records(folder: Path) -> list[Record]:
     for rel, entry in entries(folder).items():
         if entry.kind != "file" or not rel.endswith(".json"):
             continue
+        if _split_rel(rel)[1].startswith(TEMP_PREFIX):
+            continue  # a record being written: not one yet (at rest, the invariant reports it as a stray)
         try:
             data = json.loads(entry.path.read_bytes())
         except ValueError:
             continue
+        except FileNotFoundError:
+            continue  # polled while the daemon runs: renamed or removed since the listing
         if isinstance(data, dict) and isinstance(data.get("file"), str) and "reason" in data:
             found.append(Record(rel, _split_rel(rel)[0], data))
     return found
