@@ -215,6 +215,7 @@ class MetricsConfig(_Section):
     token: Optional[str] = Field(default=None, min_length=16)  # needed to upload when listen is not loopback
     max_upload_mb: float = Field(default=100.0, gt=0)  # per file; larger: 413
     max_upload_files: int = Field(default=20, ge=1)  # per request; more: 400
+    upload_stall_seconds: float = Field(default=60.0, gt=0)  # an upload silent this long: 408, temp removed
 
     @field_validator("listen")
     @classmethod

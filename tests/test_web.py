@@ -224,6 +224,29 @@ def test_a_broken_upload_leaves_nothing(layout: Layout) -> None:
     assert_invariant(layout, [])
 
 
+def test_a_stalled_upload_is_dropped_and_leaves_nothing(layout: Layout) -> None:
+    context, base = serve(layout, upload_stall_seconds=1.0)
+    port = int(base.rsplit(":", 1)[1].strip("/"))
+    with context as daemon:
+        wait_http(base)
+        body, ctype = multipart([("slow.png", os.urandom(1 << 20))])
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            head = (f"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            sock.sendall(head + body[: len(body) // 4])  # then nothing: the client stalls, connected
+            wait_for(lambda: upload_temps(layout.inbox) != [], 10, 0.05, "the upload's temp file in the inbox")
+            answer = sock.recv(4096).decode(errors="replace")  # the server answers, unasked
+            assert answer.startswith("HTTP/1.1 408"), answer
+            assert "metrics.upload_stall_seconds" in answer
+            wait_for(lambda: upload_temps(layout.inbox) == [], 5, 0.05, "the stalled upload's temp file removed")
+        time.sleep(1.0)  # FAST_WATCH: anything visible would be taken by now
+        assert inbox_visible(layout) == []
+        assert request(base + "api/status").status == 200  # the endpoint kept serving
+        daemon.assert_alive("after a stalled upload")
+        assert daemon.stop() == 0
+    assert_invariant(layout, [])
+
+
 def test_page_and_upload_can_be_off(layout: Layout) -> None:
     context, base = serve(layout, page=False, upload=False)
     with context as daemon:

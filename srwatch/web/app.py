@@ -6,6 +6,7 @@ writes is an upload, into the inbox, through `upload.UploadReceiver`.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import MetricsConfig
 from ..telemetry import Telemetry
-from .upload import (ALLOWED_EXTENSIONS, BadUpload, Limits, TooLarge, Unauthorized, UploadReceiver, UploadRefused,
-                     boundary_of, token_in_header)
+from .upload import (ALLOWED_EXTENSIONS, BadUpload, Limits, Stalled, TooLarge, Unauthorized, UploadReceiver,
+                     UploadRefused, boundary_of, token_in_header)
 
 log = logging.getLogger("srwatch.web")
 
@@ -241,7 +242,7 @@ async def upload(request: Request) -> Response:
         target = site.target(request.query_params.get("profile"))
         receiver = UploadReceiver(target.inbox, boundary_of(request.headers.get("content-type")),
                                   site.limits_for(target), site.metrics.token, authorized)
-        async for chunk in stream:
+        async for chunk in _paced(stream, site.metrics.upload_stall_seconds):
             # Writes go to the inbox, which may be a slow network mount: off the event loop,
             # so that /metrics and the page keep answering during a large upload.
             await run_in_threadpool(receiver.feed, chunk)
@@ -251,6 +252,8 @@ async def upload(request: Request) -> Response:
         if receiver is not None:
             receiver.discard()  # at once: draining the rest of the body may take a while
         log.warning("upload refused (%d): %s", exc.status, exc)
+        if isinstance(exc, Stalled):  # nothing more is coming: answer and close, do not drain
+            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers={"Connection": "close"})
         await _drain(stream, request)
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
     except ClientDisconnect:
@@ -267,6 +270,23 @@ async def upload(request: Request) -> Response:
         "profile": target.name,
         "received_at": received_at,
     })
+
+
+async def _paced(stream, stall_seconds: float):
+    """The body's chunks; Stalled (408) when the client sends nothing for `stall_seconds`.
+
+    uvicorn has no timeout for a request body, so a client that stops sending would keep its
+    temp file in the inbox until it disconnects.
+    """
+    chunks = stream.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), stall_seconds)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise Stalled(f"nothing received for {stall_seconds:g} s (metrics.upload_stall_seconds)") from None
+        yield chunk
 
 
 def _check_request(request: Request, site: Site) -> bool:

@@ -48,6 +48,12 @@ class BadUpload(UploadRefused):
     """A malformed request, a bad name or extension, no file, too many files."""
 
 
+class Stalled(UploadRefused):
+    """The client sent nothing for metrics.upload_stall_seconds."""
+
+    status = 408
+
+
 class TooLarge(UploadRefused):
     """A file over metrics.max_upload_mb."""
 
