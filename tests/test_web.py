@@ -235,7 +235,10 @@ def test_a_stalled_upload_is_dropped_and_leaves_nothing(layout: Layout) -> None:
                     f"Content-Length: {len(body)}\r\n\r\n").encode()
             sock.sendall(head + body[: len(body) // 4])  # then nothing: the client stalls, connected
             wait_for(lambda: upload_temps(layout.inbox) != [], 10, 0.05, "the upload's temp file in the inbox")
-            answer = sock.recv(4096).decode(errors="replace")  # the server answers, unasked
+            answer = b""
+            while chunk := sock.recv(4096):  # the server answers unasked, then closes
+                answer += chunk
+            answer = answer.decode(errors="replace")
             assert answer.startswith("HTTP/1.1 408"), answer
             assert "metrics.upload_stall_seconds" in answer
             wait_for(lambda: upload_temps(layout.inbox) == [], 5, 0.05, "the stalled upload's temp file removed")
