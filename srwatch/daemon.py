@@ -868,7 +868,7 @@ def plan_groups(root: Config) -> dict[tuple, Group]:
     for key, members in folders.items():
         workers = _largest([m.pool.workers for m in members])
         threads = _largest([m.pool.threads_per_worker for m in members])
-        groups[key] = Group(key, members[0], layout_for(workers, threads, share))
+        groups[key] = Group(key, members[0], layout_for(workers, threads, share, resolve_engine(members[0].model)))
     return groups
 
 
