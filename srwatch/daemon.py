@@ -76,6 +76,7 @@ class Group:
     respawn_delay: float = 0.0
     next_respawn: float = 0.0
     owed_restarts: int = 0  # workers that died and are to be replaced
+    requested: tuple = ("auto", "auto")  # pool.workers and threads_per_worker as its folders set them
 
     @property
     def label(self) -> str:
@@ -735,7 +736,9 @@ class Daemon:
         loading = False
         for key, planned in plan_groups(new).items():
             group = self.groups.get(key)
-            if group is not None and group.size == planned.size:
+            if group is not None and (group.size == planned.size or group.requested == planned.requested):
+                # Unchanged settings keep their workers, even when 'auto' would now share the
+                # CPUs differently (another model came or went): the share is redone at start.
                 continue
             if group is None:  # a new model: a group of its own
                 group = self.groups[key] = planned
@@ -868,7 +871,8 @@ def plan_groups(root: Config) -> dict[tuple, Group]:
     for key, members in folders.items():
         workers = _largest([m.pool.workers for m in members])
         threads = _largest([m.pool.threads_per_worker for m in members])
-        groups[key] = Group(key, members[0], layout_for(workers, threads, share, resolve_engine(members[0].model)))
+        groups[key] = Group(key, members[0], layout_for(workers, threads, share, resolve_engine(members[0].model)),
+                            requested=(workers, threads))
     return groups
 
 

@@ -163,7 +163,8 @@ def test_a_burst_in_one_profile_does_not_starve_another(tmp_path: Path) -> None:
 def test_reload_adds_removes_and_changes_only_the_profiles_that_changed(tmp_path: Path) -> None:
     lay = _layouts(tmp_path, "a", "b", "c")
     profiles = [{"name": "a", "paths": _paths(lay["a"])}, {"name": "b", "paths": _paths(lay["b"])}]
-    config = _write(tmp_path, profiles, pool={"workers": 1, "threads_per_worker": 1})
+    # pool auto: the new model's group changes the CPU share, yet a's workers must stay.
+    config = _write(tmp_path, profiles, pool={"workers": "auto", "threads_per_worker": "auto"})
     daemon = DaemonProcess(config, tmp_path / "daemon.log").start()
     a1, b1 = image_bytes(30, 20, seed=1), image_bytes(30, 20, seed=2)
     a2, b2, c1 = image_bytes(31, 21, seed=3), image_bytes(31, 21, seed=4), image_bytes(32, 22, seed=5)
