@@ -32,6 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from srwatch.bench import _percentile  # noqa: E402  (the one srwatch bench reports with)
 from srwatch.watcher import CLOSE_QUIET  # noqa: E402
 
 SLACK = 0.3  # in seconds: the target's allowance on top of settle + inference
@@ -47,13 +48,6 @@ def _image(width: int, height: int, seed: int) -> bytes:
     ok, buf = cv2.imencode(".png", base)
     assert ok
     return buf.tobytes()
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * pct / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def run(files: int, size: tuple[int, int], root: Path) -> dict:
@@ -106,8 +100,9 @@ def run(files: int, size: tuple[int, int], root: Path) -> dict:
                      "infer_p95": infer_p95}
     for how, values in latencies.items():
         bound = CLOSE_QUIET + infer_p95 + SLACK
-        figures[how] = {"p50": statistics.median(values), "p95": _percentile(values, 95), "max": max(values),
-                        "bound": bound, "met": _percentile(values, 95) <= bound}
+        p95 = _percentile(values, 95)
+        figures[how] = {"p50": statistics.median(values), "p95": p95, "max": max(values), "bound": bound,
+                        "met": p95 <= bound}
     return figures
 
 

@@ -44,15 +44,6 @@ STATUS_EVERY = 2.0  # in seconds, between STATUS= updates to systemd and status-
 
 
 @dataclass
-class Counters:
-    """What happened since start."""
-
-    done: int = 0
-    quarantined: int = 0
-    crashed: int = 0
-
-
-@dataclass
 class Generation:
     """Workers started together for one group; they serve once every one of them holds its model."""
 
@@ -98,7 +89,6 @@ class Daemon:
         self.owner: dict[str, HotFolder] = {}  # job id -> the hot folder it was claimed from
         self.notifier = Notifier()
         self.webhooks = WebhookSender(on_result=self._webhook_result)
-        self.counters = Counters()
         first = self.folders[0].cfg
         self.telemetry = Telemetry(engine=_engine_label(first), model=first.model.path.name)
         self.taken_at: dict[str, float] = {}  # job id -> monotonic time it was claimed (or recovered)
@@ -283,7 +273,8 @@ class Daemon:
             if folder.watcher is not None and not folder.retiring:
                 folder.watcher.poll()
         if self._bar is not None:
-            self._bar.total = self.counters.done + self.counters.quarantined + self._outstanding()
+            totals = self.telemetry.totals
+            self._bar.total = totals["done"] + totals["quarantined"] + self._outstanding()
             self._bar.refresh()
 
     def _claim(self) -> None:
@@ -466,7 +457,6 @@ class Daemon:
         fields: dict = {"event": type(msg).__name__.lower(), "path": rel, "profile": folder.name, "job": job_id,
                         "worker": by, "size": job.size if job else None, "seconds": round(seconds, 3)}
         if isinstance(msg, Done):
-            self.counters.done += 1
             fields.update(event="done", output=msg.output, archived=msg.archived, resumed=msg.resumed,
                           cached=msg.cached, ms={k: round(v * 1000, 1) for k, v in msg.stages.items()})
             if msg.input_size:
@@ -483,7 +473,6 @@ class Daemon:
                     stages, by, extra={"fields": fields},
                 )
         elif isinstance(msg, Failed):
-            self.counters.quarantined += 1
             fields.update(event="quarantined", reason=msg.reason, error=msg.message, quarantined=msg.quarantined)
             log.warning("quarantined %s: %s: %s (%s)", shown, msg.reason, msg.message, by, extra={"fields": fields})
         elif isinstance(msg, Gone):
@@ -532,7 +521,6 @@ class Daemon:
             log.error("%s died (%s) without a file", worker.name, how)
             return
         folder = self._folder_of(job)
-        self.counters.crashed += 1
         self.telemetry.worker_crashed()
         hint = " (SIGKILL from outside the daemon: perhaps the kernel's OOM killer)" if "SIGKILL" in how else ""
         log.error("%s died (%s) while processing %s (attempt %d)%s", worker.name, how, folder.show(job.rel),
@@ -675,7 +663,7 @@ class Daemon:
         ready = sum(f.ready for f in self.folders)
         line = (
             f"{busy}/{total} workers busy, {queued} queued, {ready} ready, "
-            f"{self.counters.done} done, {self.counters.quarantined} quarantined"
+            f"{self.telemetry.totals['done']} done, {self.telemetry.totals['quarantined']} quarantined"
         )
         wall = datetime.now()
         for f in self.folders:

@@ -120,7 +120,7 @@ def _load(quarantine: Path, parts: tuple[str, ...], name: str) -> Optional[Quara
     if data is None or not isinstance(data.get("file"), str) or not isinstance(data.get("reason"), str):
         return None
     file_name = data["file"]
-    if "/" in file_name or file_name in ("", ".", "..") or name != record_name_for(file_name):
+    if "/" in file_name or file_name in ("", ".", "..") or name != sink.record_name(file_name):
         return None  # a user's JSON file that landed in quarantine, not a record
     prefix = "/".join(parts) + "/" if parts else ""
     attempts = data.get("attempts")
@@ -131,11 +131,6 @@ def _load(quarantine: Path, parts: tuple[str, ...], name: str) -> Optional[Quara
         failed_at=str(data.get("failed_at", "")), job_id=str(data.get("job_id", "")),
         kind=_kind(quarantine.joinpath(*parts, file_name)),
     )
-
-
-def record_name_for(file_name: str) -> str:
-    """The record name srwatch gives a quarantined file F: `F.error.json` (shortened to fit)."""
-    return safefs.fit_name(file_name + sink.RECORD_SUFFIX, ".json")
 
 
 def _read_json_nofollow(path: Path) -> Optional[dict]:

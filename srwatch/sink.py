@@ -306,7 +306,7 @@ def _claim_names(job: Job, intent: dict, q_fd: int, fallback: bool) -> dict:
     base = f"quarantined-{job.id}" + safefs.split_name(job.name)[1] if fallback else job.name
     stem, ext = safefs.split_name(base)
     for name in _numbered(q_fd, base) if not fallback else [base]:
-        record = _record_name(name)
+        record = record_name(name)
         if _exists(q_fd, name) or _exists(q_fd, record):
             continue
         fields = {**intent, "file": name, "record": record}
@@ -326,7 +326,8 @@ def _claim_names(job: Job, intent: dict, q_fd: int, fallback: bool) -> dict:
 _RECORD_FIELDS = {f for f in QuarantineRecord.__dataclass_fields__ if f not in ("file", "srwatch_version")}
 
 
-def _record_name(file_name: str) -> str:
+def record_name(file_name: str) -> str:
+    """The quarantine record's name beside the quarantined file `file_name` (<file>.error.json)."""
     return safefs.fit_name(file_name + RECORD_SUFFIX, ".json")
 
 

@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from . import __version__
 from .messages import Done, Failed, Preview
-from .safefs import fit_name
+from .sink import record_name
 
 #: Buckets in seconds for the stages of one file and for a whole file (drop to output).
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
@@ -314,11 +314,6 @@ class _PipelineCollector:
         yield up
         yield GaugeMetricFamily("srwatch_paused", "1 while claiming or delivery is paused (a folder cannot take a write).",
                                 value=1.0 if p.paused else 0.0)
-
-
-def record_name(file_name: str) -> str:
-    """The quarantine record beside `file_name` (as sink.py names it)."""
-    return fit_name(file_name + ".error", ".json")
 
 
 def _pixels(size: Optional[tuple[int, int]]) -> int:

@@ -9,7 +9,7 @@ import http.client
 import os
 import socket
 import time
-from pathlib import Path
+from contextlib import contextmanager
 
 import cv2
 import numpy as np
@@ -198,18 +198,25 @@ def test_a_taken_name_gets_a_free_one(layout: Layout) -> None:
                               Drop("twin-1.png", three, size=(22, 18))])
 
 
+@contextmanager
+def partial_upload(layout: Layout, port: int, body: bytes, ctype: str, sent: int, timeout: float):
+    """A raw connection that POSTs the headers and the first `sent` bytes of `body`, once its temp file is in the inbox."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        head = (f"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        sock.sendall(head + body[:sent])
+        wait_for(lambda: upload_temps(layout.inbox) != [], 10, 0.05, "the upload's temp file in the inbox")
+        yield sock
+
+
 def test_a_broken_upload_leaves_nothing(layout: Layout) -> None:
     context, base = serve(layout, max_upload_mb=50)
     port = int(base.rsplit(":", 1)[1].strip("/"))
     with context as daemon:
         wait_http(base)
         body, ctype = multipart([("half.png", os.urandom(4 << 20))])
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            head = (f"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n").encode()
-            sock.sendall(head + body[: len(body) // 2])
-            wait_for(lambda: upload_temps(layout.inbox) != [], 10, 0.05, "the upload's temp file in the inbox")
-            # The client goes away mid-file.
+        with partial_upload(layout, port, body, ctype, len(body) // 2, timeout=10):
+            pass  # the client goes away mid-file
         wait_for(lambda: upload_temps(layout.inbox) == [], 10, 0.05, "the temp file removed")
         # Same for a body that ends early but says it is complete (a broken client).
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -230,11 +237,8 @@ def test_a_stalled_upload_is_dropped_and_leaves_nothing(layout: Layout) -> None:
     with context as daemon:
         wait_http(base)
         body, ctype = multipart([("slow.png", os.urandom(1 << 20))])
-        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-            head = (f"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n").encode()
-            sock.sendall(head + body[: len(body) // 4])  # then nothing: the client stalls, connected
-            wait_for(lambda: upload_temps(layout.inbox) != [], 10, 0.05, "the upload's temp file in the inbox")
+        with partial_upload(layout, port, body, ctype, len(body) // 4, timeout=15) as sock:
+            # Then nothing: the client stalls, connected.
             answer = b""
             while chunk := sock.recv(4096):  # the server answers unasked, then closes
                 answer += chunk
