@@ -35,7 +35,6 @@ import io
 import os
 import stat
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional, TypeVar
@@ -48,6 +47,7 @@ from .config import LimitsConfig, OutputConfig
 from .errors import (
     CorruptImage, EmptyFile, JobError, LinkRefused, NotAFile, NotAnImage, OutputError, TooManyPixels, UnsupportedImage,
 )
+from .png import encode_png
 
 T = TypeVar("T")
 
@@ -712,40 +712,22 @@ def _to_pillow(pixels: np.ndarray) -> Image.Image:
     return Image.frombuffer(mode, (width, height), pixels, "raw", rawmode, 0, 1)
 
 
-def png_params(cfg: OutputConfig) -> list[int]:
-    """OpenCV's PNG options: the zlib level, and one row filter (Average) for every row.
-
-    libpng's default tries all five filters on every row. An upscaled image is smooth, and the
-    Average filter alone measured 18.2 ms instead of 27.2 ms per 768x768 result (BSD100 crops
-    upscaled x3, level 1) with files 1% smaller; Up was as fast, 1% larger; Sub 9% larger.
-    """
-    return [cv2.IMWRITE_PNG_COMPRESSION, cfg.png_compression, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG]
-
-
 def _encode_8bit(
     pixels: np.ndarray, fmt: str, icc: Optional[bytes], exif: Optional[bytes], cfg: OutputConfig
 ) -> bytes:
-    """Encode with Pillow, which writes ICC and EXIF into all four formats.
+    """Encode PNG with srwatch's own writer (png.encode_png), the other formats with Pillow.
 
-    A PNG with no metadata to carry goes through OpenCV's encoder: the same pixels and zlib
-    level, and at level 1 (the default) 38 ms instead of 62 ms for a 768x768 result (PNG
-    encoding costs as much as the default model's inference on small images), with the
-    fixed Average filter (PNG_PARAMS: a third faster again, and no larger).
+    Pillow writes ICC and EXIF into JPEG, WebP and TIFF; the PNG writer adds them as chunks.
     """
-    if fmt == "png" and not icc and not exif and (pixels.ndim == 2 or pixels.shape[2] in (3, 4)):
-        ok, buf = cv2.imencode(".png", pixels, png_params(cfg))
-        if ok:
-            return buf.tobytes()
+    if fmt == "png":
+        return encode_png(pixels, cfg.png_compression, icc, exif)
     im = _to_pillow(pixels)
     options: dict[str, object] = {}
     if icc:
         options["icc_profile"] = icc
     if exif:
         options["exif"] = exif
-    if fmt == "png":
-        options["compress_level"] = cfg.png_compression
-        pillow_format = "PNG"
-    elif fmt == "jpg":
+    if fmt == "jpg":
         options["quality"] = cfg.jpeg_quality
         pillow_format = "JPEG"
     elif fmt == "webp":
@@ -767,44 +749,17 @@ def _encode_8bit(
 def _encode_16bit(
     pixels: np.ndarray, fmt: str, icc: Optional[bytes], exif: Optional[bytes], cfg: OutputConfig
 ) -> tuple[bytes, list[str]]:
-    """Encode 16-bit PNG (with ICC/EXIF) or TIFF (without) with OpenCV; returns (data, notes)."""
+    """Encode 16-bit PNG (with ICC/EXIF, png.encode_png) or TIFF (without, OpenCV); returns (data, notes)."""
+    if fmt == "png":
+        return encode_png(pixels, cfg.png_compression, icc, exif), []
     notes: list[str] = []
     if pixels.ndim == 3 and pixels.shape[2] == 2:  # OpenCV writes no gray+alpha
         gray, alpha = split_alpha(pixels)
         pixels = join_alpha(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), alpha)
         notes.append("16-bit gray+alpha written as RGBA")
-    if fmt == "png":
-        ok, buffer = cv2.imencode(".png", pixels, png_params(cfg))
-    else:
-        if icc or exif:
-            notes.append("ICC profile / EXIF not carried into a 16-bit TIFF")
-        ok, buffer = cv2.imencode(".tiff", pixels)
+    if icc or exif:
+        notes.append("ICC profile / EXIF not carried into a 16-bit TIFF")
+    ok, buffer = cv2.imencode(".tiff", pixels)
     if not ok:
-        raise OutputError(f"OpenCV could not encode a 16-bit {fmt.upper()}")
-    encoded = memoryview(buffer.reshape(-1))
-    data = add_png_metadata(encoded, icc, exif) if fmt == "png" else bytes(encoded)
-    return data, notes
-
-
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    """length, type, body, CRC32 of type + body."""
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def add_png_metadata(png: "bytes | memoryview", icc: Optional[bytes], exif: Optional[bytes]) -> bytes:
-    """The PNG with iCCP and eXIf chunks inserted right after IHDR (before any PLTE/IDAT).
-
-    eXIf holds the bare TIFF structure (no "Exif\\0\\0" prefix), as the PNG spec says. The
-    result is built with one copy of the PNG (none more for a memoryview of an encoder's buffer).
-    """
-    ihdr_end = 8 + 4 + 4 + 13 + 4  # signature, IHDR length, type, 13-byte body, CRC
-    if png[12:16] != b"IHDR":
-        raise OutputError("OpenCV wrote an unexpected PNG layout")
-    extra = b""
-    if icc:
-        extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
-    if exif:
-        extra += _png_chunk(b"eXIf", exif[len(_EXIF_PREFIX):] if exif.startswith(_EXIF_PREFIX) else exif)
-    if not extra:
-        return bytes(png)
-    return b"".join((png[:ihdr_end], extra, png[ihdr_end:]))
+        raise OutputError("OpenCV could not encode a 16-bit TIFF")
+    return buffer.tobytes(), notes

@@ -19,6 +19,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps
 from conftest import set5
 from srwatch import images
 from srwatch.config import LimitsConfig, OutputConfig
+from srwatch.png import encode_png
 from srwatch.errors import (
     CorruptImage, EmptyFile, LinkRefused, NotAFile, NotAnImage, OutputError, TooManyPixels, UnsupportedImage,
 )
@@ -253,7 +254,7 @@ def test_rgba_never_becomes_jpeg(tmp_path: Path, photo: np.ndarray) -> None:
 def test_16bit_png_keeps_icc_and_exif(tmp_path: Path, photo: np.ndarray) -> None:
     deep = photo.astype(np.uint16) * 257
     icc = srgb_icc()
-    tagged = images.add_png_metadata(png_bytes(deep), icc, exif_with_orientation(3))
+    tagged = encode_png(deep, 1, icc, exif_with_orientation(3))
     assert Image.open(io.BytesIO(tagged)).info.get("icc_profile") == icc  # a reader other than ours
     decoded = images.read_image(write(tmp_path, "d.png", tagged), LIMITS)
     assert decoded.icc == icc and decoded.pixels.dtype == np.uint16
@@ -523,15 +524,3 @@ def test_to_8bit_rounds_every_value_as_before() -> None:
     values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
     reference = np.clip(np.rint(values.astype(np.float32) * np.float32(1.0 / 257.0)), 0, 255).astype(np.uint8)
     assert np.array_equal(images.to_8bit(values), reference)
-
-
-def test_add_png_metadata_copies_once_and_only_when_needed(photo: np.ndarray) -> None:
-    data = png_bytes(photo)
-    assert images.add_png_metadata(data, None, None) is data
-    ok, buffer = cv2.imencode(".png", photo)
-    view = memoryview(buffer.reshape(-1))
-    assert images.add_png_metadata(view, None, None) == data
-    tagged = images.add_png_metadata(view, srgb_icc(), exif_with_orientation(1))
-    assert Image.open(io.BytesIO(tagged)).info.get("icc_profile") == srgb_icc()
-    with pytest.raises(OutputError):
-        images.add_png_metadata(b"not a png at all, no IHDR here", None, None)
