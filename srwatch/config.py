@@ -71,6 +71,8 @@ class PoolConfig(_Section):
     job_timeout: float = Field(default=900.0, gt=0)  # in seconds, per file
     max_attempts: int = Field(default=2, ge=1, le=10)  # a file whose worker dies is tried this often
     max_jobs_per_worker: int = Field(default=0, ge=0)  # recycle a worker after N jobs; 0 = never
+    # Jobs sent ahead to a busy local worker (see pool.py); auto: 1 while its jobs are short.
+    prefetch: Union[int, Literal["auto"]] = "auto"
     # local: worker processes on this machine. ray: Ray actors (see the ray: section).
     backend: Literal["local", "ray"] = "local"
 
@@ -79,6 +81,13 @@ class PoolConfig(_Section):
     def _positive(cls, value: Union[int, str]) -> Union[int, str]:
         if isinstance(value, int) and value < 1:
             raise ValueError("must be at least 1, or 'auto'")
+        return value
+
+    @field_validator("prefetch")
+    @classmethod
+    def _not_negative(cls, value: Union[int, str]) -> Union[int, str]:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be at least 0, or 'auto'")
         return value
 
 

@@ -432,8 +432,11 @@ class Daemon:
         return self.owner.get(job.id) or self.folders[0]
 
     def _take_back(self, job: Job) -> None:
-        """A job the pool sent ahead but never started (a lost Ray actor's prefetched one): first in its queue."""
-        self._folder_of(job).queue.appendleft(job)
+        """A job the pool sent ahead but never started (a lost or killed worker's prefetched one).
+
+        First in its queue again; its attempt (counted when it was sent) did not happen.
+        """
+        self._folder_of(job).queue.appendleft(claim.set_attempts(job, job.attempts - 1))
 
     def _group_of(self, worker: Worker) -> Optional[Group]:
         for group in self.groups.values():
@@ -632,7 +635,7 @@ class Daemon:
         return Pipeline(
             settling=sum(f.settling for f in self.folders),
             ready=sum(f.ready for f in self.folders),
-            queued=sum(len(f.queue) for f in self.folders), in_progress=len(busy),
+            queued=sum(len(f.queue) for f in self.folders) + self.pool.sent_ahead(), in_progress=len(busy),
             oldest_pending_age=round(now - oldest, 3), workers=workers, paused=paused, state=state, folders=folders,
         )
 
@@ -659,7 +662,7 @@ class Daemon:
         """For systemd's STATUS= and logs."""
         busy = len(self.pool.busy())
         total = sum(len(self.pool.serving(g.active)) for g in self.groups.values() if g.active)
-        queued = sum(len(f.queue) for f in self.folders)
+        queued = sum(len(f.queue) for f in self.folders) + self.pool.sent_ahead()
         ready = sum(f.ready for f in self.folders)
         line = (
             f"{busy}/{total} workers busy, {queued} queued, {ready} ready, "
@@ -711,6 +714,7 @@ class Daemon:
         self.cfg = new
         self.pending = None
         self.policy = JobPolicy(new.pool.max_attempts, new.pool.job_timeout)
+        self.pool.reconfigure(new.pool)
         self._reload_folders(new)
         if _web_settings(new) != _web_settings(old):
             self._restart_web()

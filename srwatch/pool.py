@@ -1,7 +1,11 @@
 """The supervisor's side of the worker pool: start, feed, watch and stop worker processes.
 
 Each worker has its own pipe, so the supervisor always knows which file a worker holds; a
-worker that dies is noticed through its process sentinel. Workers are started with the
+worker that dies is noticed through its process sentinel. A worker busy with short jobs gets
+its next one sent ahead (`pool.prefetch`): it waits in the pipe, so the worker starts it the
+moment it sends its result instead of waiting for the supervisor to take the result in,
+write the next job's record and send it (2.6 ms median, 8 ms p90 per file measured, about a
+tenth of a fast model's cycle on a small image). Workers are started with the
 'spawn' method: forking a process whose OpenCV has started threads can deadlock. The
 child's code lives in worker.py; what crosses the pipe in messages.py.
 
@@ -14,12 +18,13 @@ import logging
 import multiprocessing as mp
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Callable, Optional
 
 from .claim import Job
-from .config import Config
+from .config import Config, PoolConfig
 from .messages import Deferred, Done, Failed, Gone, LoadFailed, Message, Ready
 from .worker import worker_main
 
@@ -29,6 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("srwatch.pool")
 
 _CTX = mp.get_context("spawn")
+
+#: pool.prefetch auto: a job is sent ahead to a worker whose last job took less than this
+#: (in seconds). The wait it saves is a few ms per file; on long jobs that is nothing, while a
+#: job sent ahead keeps a later, more urgent file (another hot folder's) behind it.
+PREFETCH_BELOW_SECONDS = 2.0
 
 
 class WorkerState(enum.Enum):
@@ -51,8 +61,10 @@ class Worker:
     generation: int
     started_at: float  # monotonic
     state: WorkerState = WorkerState.STARTING
-    job: Optional[Job] = None
-    job_started: float = 0.0  # monotonic
+    job: Optional[Job] = None  # the job it runs
+    job_started: float = 0.0  # monotonic: when it became the running one
+    ahead: deque[Job] = field(default_factory=deque)  # sent ahead, waiting in its pipe, in order
+    last_job_seconds: Optional[float] = None  # how long its last job took
     jobs_done: int = 0
     load_seconds: Optional[float] = None
     retired: bool = False  # told to stop: its exit is expected (its state is DEAD once it is gone)
@@ -92,10 +104,22 @@ def describe_exit(exitcode: Optional[int]) -> str:
 
 @dataclass
 class Pool:
-    """The worker processes; the only place that changes a worker's state."""
+    """The worker processes; the only place that changes a worker's state.
 
+    `requeue` takes back the jobs sent ahead to a worker that dies or is killed before it
+    started them; `prefetch` and `max_jobs` come from the pool section (reconfigure()).
+    """
+
+    requeue: Callable[[Job], None] = lambda job: None
+    prefetch: "int | str" = "auto"
+    max_jobs: int = 0
     workers: list[Worker] = field(default_factory=list)
     _count: int = 0
+
+    def reconfigure(self, pool_cfg: PoolConfig) -> None:
+        """Take pool.prefetch and pool.max_jobs_per_worker (at start and on reload)."""
+        self.prefetch = pool_cfg.prefetch
+        self.max_jobs = pool_cfg.max_jobs_per_worker
 
     def spawn(self, cfg: Config, generation: int, threads: Optional[int] = None) -> Worker:
         """Start one worker process for `cfg`'s model; it reports Ready once it holds it."""
@@ -112,20 +136,43 @@ class Pool:
         return worker
 
     def dispatch(self, worker: Worker, job: Job, cfg: Config) -> bool:
-        """Hand `job` (with its hot folder's config) to an idle worker; False if the worker just died.
+        """Hand `job` (with its hot folder's config) to a worker with room; False if the worker just died.
 
-        A death is reported by wait(). The config travels with the job, so hot folders that share
+        An idle worker starts it at once; a busy one (see has_room) after the job it runs. A
+        death is reported by wait(). The config travels with the job, so hot folders that share
         a model share workers, and a reload that changes only output settings restarts nothing.
         """
-        assert worker.state is WorkerState.IDLE
+        assert self.has_room(worker)
         try:
             worker.conn.send((job, cfg))
         except OSError:
             return False
-        worker.job = job
-        worker.job_started = time.monotonic()
-        worker.state = WorkerState.BUSY
+        if worker.job is None:
+            worker.job = job
+            worker.job_started = time.monotonic()
+            worker.state = WorkerState.BUSY
+        else:
+            worker.ahead.append(job)
         return True
+
+    def has_room(self, w: Worker) -> bool:
+        """Idle; or busy, with fewer jobs sent ahead than pool.prefetch allows it.
+
+        With pool.max_jobs_per_worker, never more jobs than it may still do: it goes idle at
+        its last one and is recycled then.
+        """
+        held = (w.job is not None) + len(w.ahead)
+        if self.max_jobs and w.jobs_done + held >= self.max_jobs:
+            return False
+        if w.state is WorkerState.IDLE:
+            return True
+        return w.state is WorkerState.BUSY and len(w.ahead) < self._prefetch_for(w)
+
+    def _prefetch_for(self, w: Worker) -> int:
+        if isinstance(self.prefetch, int):
+            return self.prefetch
+        fast = w.last_job_seconds is not None and w.last_job_seconds < PREFETCH_BELOW_SECONDS
+        return 1 if fast else 0
 
     def wait(self, timeout: float) -> list[Event]:
         """Messages from workers and their deaths, with worker states updated."""
@@ -148,6 +195,7 @@ class Pool:
             events.extend(self._drain(w))  # what it sent before dying (e.g. Done, then a crash on exit)
             w.process.join(timeout=1)
             events.append(Event(w, None, w.job))
+            self._give_back(w)
             self._bury(w)
         return events
 
@@ -171,23 +219,34 @@ class Pool:
             return Event(w, msg)
         job = w.job
         if isinstance(msg, (Done, Failed, Deferred, Gone)):
-            w.job = None
+            now = time.monotonic()
+            w.last_job_seconds = now - w.job_started
             w.jobs_done += 1
-            if w.state is WorkerState.BUSY:
-                w.state = WorkerState.IDLE
-            elif w.state is WorkerState.RETIRING:
-                self._send_stop(w)
+            if w.ahead:  # it reads the next one from its pipe now
+                w.job, w.job_started = w.ahead.popleft(), now
+            else:
+                w.job = None
+                if w.state is WorkerState.BUSY:
+                    w.state = WorkerState.IDLE
+                elif w.state is WorkerState.RETIRING:
+                    self._send_stop(w)
         return Event(w, msg, job)
+
+    def _give_back(self, w: Worker) -> None:
+        """Jobs sent ahead to a worker that is gone: it never started them; first in their queues again."""
+        while w.ahead:
+            self.requeue(w.ahead.pop())  # last first, so they end up in their order
 
     def _bury(self, w: Worker) -> None:
         w.state = WorkerState.DEAD
         w.job = None
+        w.ahead.clear()
         if w in self.workers:
             self.workers.remove(w)
         w.conn.close()
 
     def retire(self, worker: Worker) -> None:
-        """Let a worker finish its job, then stop (sentinel on its pipe)."""
+        """Let a worker finish its job (and those sent ahead), then stop (sentinel on its pipe)."""
         if worker.state is WorkerState.DEAD:
             return
         busy = worker.job is not None
@@ -204,11 +263,15 @@ class Pool:
             pass
 
     def kill(self, worker: Worker, wait_s: float = 5.0) -> Optional[Job]:
-        """SIGKILL a worker and wait for it; return the job it held (now the caller's), and forget it."""
+        """SIGKILL a worker and wait for it; return the job it ran (now the caller's), and forget it.
+
+        Jobs sent ahead go back through `requeue`.
+        """
         job = worker.job
         if worker.process.is_alive():
             worker.process.kill()
         worker.process.join(timeout=wait_s)
+        self._give_back(worker)
         self._bury(worker)
         return job
 
@@ -217,12 +280,17 @@ class Pool:
         return [w for w in self.workers if w.generation == generation]
 
     def idle(self, generation: int) -> list[Worker]:
-        """Workers of `generation` ready for a job."""
-        return [w for w in self.workers if w.generation == generation and w.state is WorkerState.IDLE]
+        """Workers of `generation` that take a job now: idle ones first, then those with room to prefetch."""
+        room = [w for w in self.workers if w.generation == generation and self.has_room(w)]
+        return sorted(room, key=lambda w: (w.job is not None) + len(w.ahead))
 
     def busy(self) -> list[Worker]:
         """Workers holding a job."""
         return [w for w in self.workers if w.job is not None]
+
+    def sent_ahead(self) -> int:
+        """Jobs waiting in workers' pipes behind the one each runs."""
+        return sum(len(w.ahead) for w in self.workers)
 
     def serving(self, generation: int) -> list[Worker]:
         """Workers of `generation` that are not retiring (starting, idle or busy)."""
@@ -235,11 +303,13 @@ class Pool:
 def make_pool(cfg: Config, requeue: Callable[[Job], None]) -> "Pool | RayPool":
     """The worker pool `pool.backend` names: local processes, or Ray actors (srwatch.raypool).
 
-    `requeue` takes back a job a pool had sent ahead but never started (a Ray actor's
-    prefetched job when the actor is lost): this attempt did not happen.
+    `requeue` takes back a job a pool had sent ahead but never started (a worker's or a Ray
+    actor's prefetched job when it is lost or killed): this attempt did not happen.
     """
     if cfg.pool.backend == "ray":
         from .raypool import RayPool  # imports ray: only daemons that use it pay for it
 
         return RayPool(cfg, requeue)
-    return Pool()
+    pool = Pool(requeue=requeue)
+    pool.reconfigure(cfg.pool)
+    return pool

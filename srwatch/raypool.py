@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import claim, sink
 from .claim import Job
-from .config import CacheConfig, Config, RayConfig, available_cpus
+from .config import CacheConfig, Config, PoolConfig, RayConfig, available_cpus
 from .errors import ConfigError
 from .messages import JobResult, LoadFailed, Ready
 from .pool import Event, WorkerState
@@ -539,6 +539,9 @@ class RayPool:
         self._session.close()
         self._session = None
 
+    def reconfigure(self, pool_cfg: PoolConfig) -> None:
+        """Nothing changes on reload: actors prefetch by ray.prefetch, read at start."""
+
     # -- views --------------------------------------------------------------------------------
     def _has_room(self, w: RayWorker) -> bool:
         return w.state is WorkerState.IDLE or (w.state is WorkerState.BUSY and len(w.calls) <= self._cfg.ray.prefetch)
@@ -555,6 +558,10 @@ class RayPool:
     def busy(self) -> list[RayWorker]:
         """Actors holding a job."""
         return [w for w in self.workers if w.job is not None]
+
+    def sent_ahead(self) -> int:
+        """Jobs sent to actors behind the one each runs."""
+        return sum(max(0, len(w.calls) - 1) for w in self.workers)
 
     def serving(self, generation: int) -> list[RayWorker]:
         """Actors of `generation` that are not retiring (starting, idle or busy)."""

@@ -60,7 +60,7 @@ class Pipeline:
 
     settling: int = 0  # files being written, not yet taken
     ready: int = 0  # settled in the inbox, waiting for room in the queue
-    queued: int = 0  # claimed, waiting for a worker
+    queued: int = 0  # claimed, waiting for a worker (or in its pipe, sent ahead)
     in_progress: int = 0  # held by a worker
     oldest_pending_age: float = 0.0  # in seconds: the oldest file taken but not finished
     workers: tuple[WorkerView, ...] = ()

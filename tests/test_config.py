@@ -69,6 +69,8 @@ def test_required_keys_exist_with_documented_names(tmp_path: Path) -> None:
         ({"pool": {"wrokers": 2}}, "pool.wrokers: unknown key"),
         ({"pool": {"workers": "many"}}, "pool.workers:"),
         ({"pool": {"workers": 0}}, "pool.workers: "),
+        ({"pool": {"prefetch": -1}}, "pool.prefetch: "),
+        ({"pool": {"prefetch": "lots"}}, "pool.prefetch:"),
         ({"on_success": "keep"}, "on_success:"),
         ({"tile": {"size": 4}}, "tile.size:"),
         ({"output": {"suffix": "_{nope}"}}, "output.suffix:"),

@@ -300,3 +300,44 @@ def test_systemd_notify_ready_status_watchdog_and_stopping(layout: Layout) -> No
     finally:
         daemon.stop()
         sock.close()
+
+
+def test_short_jobs_are_sent_ahead_and_every_file_ends_once(layout: Layout) -> None:
+    """pool.prefetch auto: once a job took under 2 s, the next one waits in the worker's pipe
+    (dispatched before the running one is done), so the worker never waits for the supervisor."""
+    daemon = start(layout, pool={"workers": 1}, log={"level": "DEBUG"})
+    try:
+        dropped = {f"s{i}.png": drop(layout.inbox / f"s{i}.png", 40, 30, seed=60 + i) for i in range(8)}
+        wait_for(settled(layout, 8), 60, what="eight small files")
+    finally:
+        assert daemon.stop() == 0
+    assert_each_input_once(layout, dropped)
+    log = daemon.log()
+    dispatched = {m.group(1): i for i, line in enumerate(log.splitlines())
+                  if (m := re.search(r"dispatched (s\d\.png) to", line))}
+    done = {m.group(1): i for i, line in enumerate(log.splitlines()) if (m := re.search(r"done (s\d\.png) ->", line))}
+    order = sorted(dispatched, key=dispatched.get)
+    sent_ahead = [nxt for prev, nxt in zip(order, order[1:]) if dispatched[nxt] < done[prev]]
+    assert sent_ahead, f"no file was sent ahead of the one running:\n{log}"
+
+
+def test_a_job_sent_ahead_of_a_killed_worker_is_retried_without_counting_an_attempt(layout: Layout) -> None:
+    """The worker dies running big.png with small.png waiting in its pipe: big.png's attempt
+    counts (a crash), small.png never started, so it goes back to the queue as attempt 1 again."""
+    daemon = start(layout, pool={"workers": 1, "prefetch": 1, "max_attempts": 2}, log={"level": "DEBUG"})
+    try:
+        big = drop(layout.inbox / "big.png", 1400, 1400, seed=70)
+        wait_for(lambda: _dispatched_pid(daemon, "big.png", 1), 30, what="big.png dispatched")
+        small = drop(layout.inbox / "small.png", 30, 20, seed=71)
+        wait_for(lambda: _dispatched_pid(daemon, "small.png", 1), 30, what="small.png sent ahead")
+        assert "done big.png" not in daemon.log(), "big.png finished before the kill: make it bigger"
+        os.kill(_dispatched_pid(daemon, "big.png", 1), signal.SIGKILL)
+        wait_for(settled(layout, 2), 180, what="both files after the crash")
+    finally:
+        assert daemon.stop() == 0
+    assert_each_input_once(layout, {"big.png": big, "small.png": small})
+    log = daemon.log()
+    assert re.search(r"died \(signal SIGKILL \(9\)\) while processing big\.png \(attempt 1\)", log)
+    assert len(re.findall(r"dispatched small\.png to worker-\d+ \(pid \d+, attempt 1\)", log)) == 2, log
+    assert "small.png to worker" in log and not re.search(r"dispatched small\.png .*attempt 2", log)
+    assert re.search(r"dispatched big\.png to worker-\d+ \(pid \d+, attempt 2\)", log)
