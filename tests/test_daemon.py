@@ -341,3 +341,18 @@ def test_a_job_sent_ahead_of_a_killed_worker_is_retried_without_counting_an_atte
     assert len(re.findall(r"dispatched small\.png to worker-\d+ \(pid \d+, attempt 1\)", log)) == 2, log
     assert "small.png to worker" in log and not re.search(r"dispatched small\.png .*attempt 2", log)
     assert re.search(r"dispatched big\.png to worker-\d+ \(pid \d+, attempt 2\)", log)
+
+
+def test_max_jobs_per_worker_recycles_after_exactly_that_many_files(layout: Layout) -> None:
+    """Files sent ahead never take a worker past pool.max_jobs_per_worker."""
+    daemon = start(layout, pool={"workers": 1, "max_jobs_per_worker": 3, "prefetch": 2})
+    try:
+        dropped = {f"m{i}.png": drop(layout.inbox / f"m{i}.png", 40, 30, seed=80 + i) for i in range(7)}
+        wait_for(settled(layout, 7), 120, what="seven files over three workers")
+    finally:
+        assert daemon.stop() == 0
+    assert_each_input_once(layout, dropped)
+    per_worker: dict[str, int] = {}
+    for name in re.findall(r"done m\d\.png -> .*; (worker-\d+)\)", daemon.log()):
+        per_worker[name] = per_worker.get(name, 0) + 1
+    assert sorted(per_worker.values()) == [1, 3, 3], per_worker
