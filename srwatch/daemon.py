@@ -324,6 +324,10 @@ class Daemon:
             elif job.kind == "other":
                 folder.doomed[job.id] = NotAFile("not a regular file (a FIFO, socket or device); never opened")
             folder.queue.append(job)
+            if len(folder.queue) == 1:
+                # The queue was empty, so a worker may be idle: hand it this file now rather than
+                # after claiming the rest of a burst (3-4 ms per claim; 77 ms for 20 measured).
+                self._dispatch()
 
     def _log_held(self, folder: HotFolder, wall: datetime) -> None:
         if not folder.held_logged:
