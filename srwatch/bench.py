@@ -15,8 +15,10 @@ Contenders, each in fresh processes, one after another (never side by side):
 
 Figures: images/s, output megapixels/s, latency p50/p95, CPU utilisation (CPU seconds of the
 whole process tree / wall seconds / cores), peak RSS per worker, and the ratios srwatch/naive
-and srwatch/engine-limit (within one run only: these machines are shared and noisy). Written
-to ``bench.json`` and ``bench.png`` in ``--out``.
+and srwatch/engine-limit (within one run only: these machines are shared and noisy). With 10
+files or more also srwatch's steady pace, from its first output to its last (without the
+settle wait before the first file is taken), against the engine limit. Written to
+``bench.json`` and ``bench.png`` in ``--out``.
 """
 from __future__ import annotations
 
@@ -285,8 +287,16 @@ def run_daemon(model: BenchModel, files: list[Path], root: Path, overrides: Opti
     figures["latency_p50"] = statistics.median(latencies)
     figures["latency_p95"] = _percentile(latencies, 95)
     figures["latencies"] = latencies
+    # From the first output to the last: the pipeline's own pace, without the drop's settle wait
+    # (a fixed 0.3 s or more before anything is taken) and the first file's start-up.
+    if len(done_at) >= STEADY_MIN_FILES:
+        figures["steady_images_per_s"] = (len(done_at) - 1) / (done_at[-1] - done_at[0])
     figures["layout"] = _layout_from_log(log_path.read_text(errors="replace"))
     return figures
+
+
+#: Outputs needed for a steady-state rate (a few large files finish too close together to say).
+STEADY_MIN_FILES = 10
 
 
 def run_backlog(model: BenchModel, count: int, root: Path) -> dict:
@@ -434,10 +444,13 @@ class Case:
 
     def ratios(self) -> dict:
         s = self.results["srwatch"]["images_per_s"]
+        steady = self.results["srwatch"].get("steady_images_per_s")
         return {
             "srwatch_vs_naive": s / self.results["naive"]["images_per_s"] if "naive" in self.results else None,
             "srwatch_vs_engine_limit": s / self.results["engine_limit"]["images_per_s"]
             if "engine_limit" in self.results else None,
+            "srwatch_steady_vs_engine_limit": steady / self.results["engine_limit"]["images_per_s"]
+            if "engine_limit" in self.results and steady else None,
         }
 
 
@@ -471,8 +484,9 @@ def _say(case: Case, name: str) -> None:
 def table(cases: Sequence[Case]) -> str:
     """Markdown table of every case."""
     lines = ["| model | workload | files | naive img/s | engine limit img/s (layout) | srwatch img/s (layout) | "
-             "srwatch out MP/s | latency p50 / p95 s | CPU % | peak worker RSS MB | srwatch/naive | srwatch/limit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "srwatch out MP/s | latency p50 / p95 s | CPU % | peak worker RSS MB | srwatch/naive | srwatch/limit | "
+             "steady/limit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cases:
         n, e, s = (c.results.get(k) for k in ("naive", "engine_limit", "srwatch"))
         r = c.ratios() if s else {}
@@ -485,7 +499,8 @@ def table(cases: Sequence[Case]) -> str:
             f"{fmt(s and s.get('latency_p50'))} / {fmt(s and s.get('latency_p95'))} | "
             f"{fmt(s and s['cpu_utilisation'] and 100 * s['cpu_utilisation'], '{:.0f}')} | "
             f"{fmt(s and s['peak_rss_per_worker_mb'], '{:.0f}')} | "
-            f"{fmt(r.get('srwatch_vs_naive'))}x | {fmt(r.get('srwatch_vs_engine_limit'))}x |")
+            f"{fmt(r.get('srwatch_vs_naive'))}x | {fmt(r.get('srwatch_vs_engine_limit'))}x | "
+            f"{fmt(r.get('srwatch_steady_vs_engine_limit'))}x |")
     return "\n".join(lines)
 
 
