@@ -404,8 +404,16 @@ class Daemon:
         return True
 
     def _collect(self) -> None:
-        for event in self.pool.wait(TICK):
+        for event in self.pool.wait(self._sleep_for()):
             self._handle(event)
+
+    def _sleep_for(self) -> float:
+        """How long the loop may wait for workers: a tick, or less when a settling file is due sooner."""
+        due = [d for f in self.folders if f.watcher is not None and not f.retiring
+               and (d := f.watcher.next_due()) is not None]
+        if not due or self.stopping:
+            return TICK
+        return max(0.0, min(TICK, min(due) - time.monotonic()))
 
     def _handle(self, event: Event) -> None:
         """A message from a worker, or its death (msg None)."""

@@ -22,7 +22,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
@@ -49,14 +49,20 @@ log = logging.getLogger("srwatch.watcher")
 CLOSE_QUIET = 0.3  # in seconds: after a close-after-write, no further change for this long
 CHECK_EVERY = 0.25  # in seconds: how often a settling file is lstat()ed at most
 INBOX_CHECK_EVERY = 1.0  # in seconds: how often the inbox itself is checked (removed, replaced)
+DUE_MARGIN = 0.001  # in seconds: a check this long after a quiet time is up finds it up (float rounding)
 
 
 @dataclass(frozen=True)
 class InboxEvent:
-    """A path in the inbox that may have become ready. kind: changed|created|opened|closed|moved_in|deleted|scan_dir."""
+    """A path in the inbox that may have become ready. kind: changed|created|opened|closed|moved_in|deleted|scan_dir.
+
+    ``at``: when the observer thread saw it (monotonic). The quiet time counts from there, not
+    from when the main thread got to it (up to a loop tick later).
+    """
 
     kind: str
     path: Path
+    at: float = field(default_factory=time.monotonic)
 
 
 def is_ignored(rel: Path, patterns: Iterable[str]) -> bool:
@@ -128,6 +134,17 @@ class _Pending:
     def candidate(self, path: Path) -> Candidate:
         return Candidate(path, self.kind, self.ino, self.size, self.mtime_ns)
 
+    def next_check(self, settle: float) -> float:
+        """When to lstat it next: every CHECK_EVERY, and just as its quiet time would be up.
+
+        Checking only every CHECK_EVERY made a 0.3 s quiet time 0.5 s whenever the check
+        before fell just short of it.
+        """
+        ready_at = self.stable_since + settle
+        if self.closed_at is not None:
+            ready_at = min(ready_at, max(self.stable_since, self.closed_at) + CLOSE_QUIET)
+        return min(self.checked_at + CHECK_EVERY, ready_at + DUE_MARGIN)
+
 
 def _lstat(path: Path) -> Optional[tuple[str, int, int, int]]:
     """(kind, inode, size, mtime_ns) of a non-folder entry, never following a link; None if gone or a folder."""
@@ -147,8 +164,12 @@ class Settler:
         self.settle = settle_seconds
         self.pending: dict[Path, _Pending] = {}
 
-    def note(self, path: Path, kind: str, now: float) -> None:
-        """Record an event (or a scan sighting: kind 'changed') for `path`."""
+    def note(self, path: Path, kind: str, now: float, at: Optional[float] = None) -> None:
+        """Record an event seen at `at` (or, with `at` None, a scan sighting: kind 'changed') for `path`.
+
+        An event restarts the quiet time from when it happened: a change seen in the same batch
+        as the rename before it must not count as quiet.
+        """
         if kind == "deleted":
             # watchdog holds a move-out back to pair it (up to 0.5 s), so a "deleted" can arrive
             # after a new file of the same name (a camera's next scan.jpg): keep that one.
@@ -161,7 +182,7 @@ class Settler:
             if seen is None:
                 return
             what, ino, size, mtime_ns = seen
-            stable_since = now
+            stable_since = now if at is None else min(at, now)
             # A file already old at first sight (the backlog) is not being written right now;
             # a link or a FIFO has no content being written at all.
             age = time.time() - mtime_ns / 1e9
@@ -169,21 +190,28 @@ class Settler:
                 stable_since = now - self.settle
             entry = _Pending(what, ino, size, mtime_ns, stable_since, checked_at=0.0 if what != "file" else now)
             self.pending[path] = entry
-        elif kind == "changed":
-            entry.checked_at = 0.0  # re-check soon
+        else:
+            if at is not None:
+                entry.stable_since = max(entry.stable_since, min(at, now))
+            if kind == "changed":
+                entry.checked_at = 0.0  # re-check soon
         if kind in ("closed", "moved_in", "created"):
             # Complete as far as the writer is concerned: a close after writing, or a rename
             # into place (a creation without an open). Still checked for quiet before taken.
-            entry.closed_at = now
+            entry.closed_at = now if at is None else min(at, now)
             entry.checked_at = 0.0
         elif kind == "opened":
             entry.closed_at = None  # someone is writing (or reading) it: wait for the close
+
+    def next_due(self) -> Optional[float]:
+        """The monotonic time the next entry is worth checking, or None with nothing settling."""
+        return min((e.next_check(self.settle) for e in self.pending.values()), default=None)
 
     def ready(self, now: float) -> list[Candidate]:
         """Entries that are complete now (removed from pending), in the order first seen."""
         done: list[Candidate] = []
         for path, entry in list(self.pending.items()):
-            if now - entry.checked_at < CHECK_EVERY:
+            if now < entry.next_check(self.settle):
                 continue
             entry.checked_at = now
             seen = _lstat(path)
@@ -383,7 +411,7 @@ class InboxWatcher:
         if self._wanted(event.path):
             # A change to an entry that was already complete: it is being rewritten; settle it again.
             self._ready.pop(event.path, None)
-            self.settler.note(event.path, event.kind, now)
+            self.settler.note(event.path, event.kind, now, event.at)
 
     def take(self) -> Optional[Candidate]:
         """The oldest complete entry, or None."""
@@ -404,6 +432,10 @@ class InboxWatcher:
     def ready_count(self) -> int:
         """Entries complete and waiting to be claimed."""
         return len(self._ready)
+
+    def next_due(self) -> Optional[float]:
+        """When poll() next has an entry to check (monotonic), or None: the caller's longest sleep."""
+        return self.settler.next_due()
 
     @property
     def settling(self) -> int:

@@ -14,7 +14,7 @@ from srwatch.claim import Candidate, Job
 from srwatch.config import parse_config
 from srwatch.errors import ConfigError, CorruptImage, LinkRefused, StorageError, WorkerCrashed
 from srwatch.messages import Done, Failed
-from srwatch.watcher import Settler, is_ignored
+from srwatch.watcher import CLOSE_QUIET, DUE_MARGIN, Settler, is_ignored
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -423,3 +423,26 @@ def test_settler_takes_a_renamed_in_file_quickly_but_waits_for_a_writer(tmp_path
     assert [c.path for c in s.ready(now + 0.5)] == [renamed]
     assert s.ready(now + 1.5) == []  # the writer never closed it: only settle_seconds of quiet will do
     assert [c.path for c in s.ready(now + 2.5)] == [written]
+
+
+def test_settler_counts_quiet_from_the_event_and_checks_just_when_it_is_up(tmp_path: Path) -> None:
+    """The main thread drains events up to a loop tick late: the 0.3 s quiet after a rename
+    counts from the event, and the entry is due exactly then (not at the next 0.25 s check)."""
+    s = Settler(settle_seconds=2.0)
+    f = tmp_path / "f.png"
+    f.write_bytes(b"complete")
+    t = 700.0
+    s.note(f, "moved_in", t + 0.09, at=t)
+    assert s.ready(t + 0.09) == []
+    assert s.next_due() == pytest.approx(t + CLOSE_QUIET + DUE_MARGIN)
+    assert [c.path for c in s.ready(t + CLOSE_QUIET + DUE_MARGIN)] == [f]
+    assert s.next_due() is None
+    # A change drained in the same batch as the rename: the quiet time restarts at the change.
+    g = tmp_path / "g.png"
+    g.write_bytes(b"still being written")
+    s.note(g, "moved_in", t + 0.31, at=t)
+    s.note(g, "changed", t + 0.31, at=t + 0.25)
+    assert s.ready(t + 0.31) == []
+    assert s.ready(t + 0.5) == []
+    assert s.next_due() == pytest.approx(t + 0.25 + CLOSE_QUIET + DUE_MARGIN)
+    assert [c.path for c in s.ready(t + 0.25 + CLOSE_QUIET + DUE_MARGIN)] == [g]
