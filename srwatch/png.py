@@ -104,17 +104,24 @@ def encode_png(
     height, width = pixels.shape[:2]
     depth = pixels.dtype.itemsize * 8
     header = struct.pack(">IIBBBBB", width, height, depth, _COLOUR_TYPE[channels], 0, 0, 0)
+    data = _image_data(pixels, level)
+    crc = zlib.crc32(b"IDAT")
+    for part in data:
+        crc = zlib.crc32(part, crc)
+    # One join, so the compressed image is copied once (a 6000x6000 result: about 70 MB).
     return b"".join((
         SIGNATURE,
         chunk(b"IHDR", header),
         metadata_chunks(icc, exif),
-        chunk(b"IDAT", _image_data(pixels, level)),
+        struct.pack(">I", sum(map(len, data))) + b"IDAT",
+        *data,
+        struct.pack(">I", crc),
         chunk(b"IEND", b""),
     ))
 
 
-def _image_data(pixels: np.ndarray, level: int) -> bytes:
-    """The zlib stream of the Up-filtered rows, made a strip of rows at a time."""
+def _image_data(pixels: np.ndarray, level: int) -> list[bytes]:
+    """The zlib stream of the Up-filtered rows, made a strip of rows at a time, in parts."""
     height = pixels.shape[0]
     row_bytes = pixels[0].nbytes
     rows_per_strip = max(1, STRIP_BYTES // row_bytes)
@@ -134,4 +141,4 @@ def _image_data(pixels: np.ndarray, level: int) -> bytes:
         above = rows[-1].copy()
         parts.append(compressor.compress(memoryview(out).cast("B")))
     parts.append(compressor.flush())
-    return b"".join(parts)
+    return parts
