@@ -387,3 +387,31 @@ print(rss() - start)
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     growth_mb = float(out.stdout.strip().splitlines()[-1])
     assert growth_mb < 25, f"RSS grew {growth_mb:.0f} MB over 60 more input sizes (about 70 MB without the cache caps)"
+
+
+def test_openvino_pads_a_colour_input_to_aligned_sizes_and_crops_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unaligned input of 256x256 pixels or more runs padded to multiples of 16 (up to 2x
+    faster, benchmarks/README.md "Aligned sizes"): same size out, the same pixels away from the
+    bottom and right edges, and close everywhere."""
+    pytest.importorskip("openvino")
+    from srwatch.engine import openvino as ovm
+
+    model = Path(__file__).resolve().parents[1] / "models" / "EDSR-srwatch_x3.onnx"
+    engine = load_engine(ModelConfig(path=model, engine="openvino"), OFF, 2)
+    img = np.ascontiguousarray(set5("baby")[:281, :358])  # 281 x 358: neither side a multiple of 16
+    seen: list[tuple[int, ...]] = []
+    run = engine._forward
+    monkeypatch.setattr(engine, "_forward", lambda blob: (seen.append(blob.shape), run(blob))[1])
+    padded = engine.upscale(img)
+    assert seen == [(1, 3, 288, 368)]
+    assert padded.shape == (281 * 3, 358 * 3, 3)
+    monkeypatch.setattr(ovm, "ALIGN", 1)
+    plain = engine.upscale(img)
+    assert seen[-1] == (1, 3, 281, 358)
+    interior = (slice(0, 200 * 3), slice(0, 280 * 3))  # far from the padded edges
+    assert np.array_equal(padded[interior], plain[interior])
+    assert psnr(padded, plain) >= 40.0
+    small = np.ascontiguousarray(img[:100, :150])  # under ALIGN_FROM_PIXELS: as it is
+    monkeypatch.setattr(ovm, "ALIGN", 16)
+    engine.upscale(small)
+    assert seen[-1] == (1, 3, 100, 150)

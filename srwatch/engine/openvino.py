@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 #: own repacked weights and its activation buffers (measured for the 32x256 EDSR stand-in:
 #: about 230 MB of weights per compiled model); recompiling costs about 0.5 s there.
 COMPILED_CACHE_SIZE = 2
+#: Colour graphs get inputs padded to a multiple of this (see OpenVINOEngine.forward). Measured
+#: with the default model, bf16, 2 threads: 358x358 1.62 input MP/s against 2.70 at 368x368,
+#: 691x691 1.20 against 2.49 at 704x704; the EDSR_x3-shaped stand-in 3.9 s at 368x368 and 8.0 s
+#: at 358x358. FSRCNN (luma) is not affected, so it is not padded (the extra pixels cost it 6%).
+ALIGN = 16
+#: ... from this many input pixels: below 256x256 no size was measured slower (64-208 px
+#: sides), and a small image keeps the output every other engine gives it (bit for bit).
+ALIGN_FROM_PIXELS = 256 * 256
 
 
 #: oneDNN keeps compiled primitives per input shape (default capacity 1024), and the CPU
@@ -175,7 +183,22 @@ class OpenVINOEngine(Engine):
         return (named or matching)[0]
 
     def forward(self, blob: np.ndarray) -> np.ndarray:
-        """Run on an NCHW blob; returns NCHW float32."""
+        """Run on an NCHW blob; returns NCHW float32.
+
+        A colour graph on an input of ALIGN_FROM_PIXELS or more runs on the blob reflect-padded
+        at the bottom and right to a multiple of ALIGN, and its output is cropped back: OpenVINO's bf16 convolutions of the EDSR family
+        run up to 2x slower on other sizes (benchmarks/README.md, "Aligned sizes"). Only pixels
+        within the receptive field of those two edges change, as they would with any padding.
+        """
+        height, width = blob.shape[2:]
+        align = 1 if self.info.luma_only or height * width < ALIGN_FROM_PIXELS else ALIGN
+        pad_h, pad_w = -height % align, -width % align
+        if not pad_h and not pad_w:
+            return self._forward(blob)
+        out = self._forward(np.pad(blob, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="reflect"))
+        return out[:, :, : height * self.scale, : width * self.scale]  # a view: the callers slice it again
+
+    def _forward(self, blob: np.ndarray) -> np.ndarray:
         compiled, output = self.compiled_for(self.input_shape(blob))
         feed = np.ascontiguousarray(blob.transpose(0, 2, 3, 1)) if self.nhwc else blob
         height, width = blob.shape[2] * self.scale, blob.shape[3] * self.scale
