@@ -204,6 +204,26 @@ def upscale_tiled(
     return tile_process(img, write_tile, windows, out)
 
 
+#: A window whose widest layer (float32) holds more than this runs slower per pixel (the CPU's
+#: caches): measured with OpenVINO, see cache_tile_size.
+FAST_WINDOW_BYTES = 48 * 2**20
+#: ... but tiles smaller than this lose more to their overlap than the cache gives back.
+FAST_TILE_FLOOR = 192
+
+
+def cache_tile_size(widest: float, overlap: int) -> int:
+    """The tile side above which inference runs slower per pixel: its window's widest layer
+    (``widest`` float32 elements per input pixel) fits FAST_WINDOW_BYTES; at least FAST_TILE_FLOOR.
+
+    Measured on OpenVINO, 2 threads (input MP/s by window side): FSRCNN_x3 (widest 56) 9.0 at
+    256, 7.5 at 384, 6.7 at 512, 5.1 at 984; the EDSR_x3-shaped stand-in (256) 0.047 at 96-192,
+    0.036 at 256, 0.033 at 384; the default model (32) 2.5-2.7 up to 768 at aligned sizes.
+    """
+    window = math.isqrt(int(FAST_WINDOW_BYTES / max(4.0 * widest, 1.0)))
+    tile = (window - 2 * overlap) // TILE_MULTIPLE * TILE_MULTIPLE
+    return max(FAST_TILE_FLOOR, tile)
+
+
 def auto_tile_size(bytes_per_input_pixel: float, max_memory_mb: int, overlap: int) -> int:
     """Largest tile side whose window (``tile + 2*overlap`` square) fits ``max_memory_mb``.
 

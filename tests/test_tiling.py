@@ -195,3 +195,12 @@ def test_tiled_assembly_holds_nothing_of_output_size_but_the_result(tmp_path: Pa
             f"{kind}: peak grew {growth / 2**20:.0f} MB for a {result / 2**20:.0f} MB result"
         )
         del out
+
+
+def test_cache_tile_size_keeps_the_widest_layer_of_a_window_within_the_fast_budget() -> None:
+    # 48 MiB of float32 over 56 elements per pixel: a 474-px window; minus 2 x 12 = 450 -> 448.
+    assert tiling.cache_tile_size(56.0, 12) == 448
+    assert tiling.cache_tile_size(32.0, 12) == 600
+    # EDSR_x3's 256 filters would give 197 -> 192; wider layers stop at the floor.
+    assert tiling.cache_tile_size(256.0, 12) == tiling.FAST_TILE_FLOOR == 192
+    assert tiling.cache_tile_size(4096.0, 12) == tiling.FAST_TILE_FLOOR

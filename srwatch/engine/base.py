@@ -318,11 +318,16 @@ class Engine(abc.ABC):
             return size
         bytes_per_pixel = self.bytes_per_input_pixel()
         tile = tiling.auto_tile_size(bytes_per_pixel, self.tile_cfg.max_memory_mb, self.tile_cfg.overlap)
+        fast = self.fast_tile_size()
         log.debug(
-            "tile auto: %.0f bytes per input pixel, budget %d MB -> tile %d (+%d overlap)",
-            bytes_per_pixel, self.tile_cfg.max_memory_mb, tile, self.tile_cfg.overlap,
+            "tile auto: %.0f bytes per input pixel, budget %d MB -> tile %d (+%d overlap); fastest up to %s",
+            bytes_per_pixel, self.tile_cfg.max_memory_mb, tile, self.tile_cfg.overlap, fast,
         )
-        return tile
+        return tile if fast is None else min(tile, fast)
+
+    def fast_tile_size(self) -> Optional[int]:
+        """The largest tile that runs at full speed per pixel, where an engine has measured one (None: no cap)."""
+        return None
 
     def bytes_per_input_pixel(self) -> float:
         """Estimated peak memory of upscaling one tile, in bytes per input pixel of the tile.
