@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from . import resources
 from .errors import ConfigError
@@ -76,18 +76,12 @@ class PoolConfig(_Section):
     # local: worker processes on this machine. ray: Ray actors (see the ray: section).
     backend: Literal["local", "ray"] = "local"
 
-    @field_validator("workers", "threads_per_worker")
+    @field_validator("workers", "threads_per_worker", "prefetch")
     @classmethod
-    def _positive(cls, value: Union[int, str]) -> Union[int, str]:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be at least 1, or 'auto'")
-        return value
-
-    @field_validator("prefetch")
-    @classmethod
-    def _not_negative(cls, value: Union[int, str]) -> Union[int, str]:
-        if isinstance(value, int) and value < 0:
-            raise ValueError("must be at least 0, or 'auto'")
+    def _count_or_auto(cls, value: Union[int, str], info: ValidationInfo) -> Union[int, str]:
+        least = 0 if info.field_name == "prefetch" else 1
+        if isinstance(value, int) and value < least:
+            raise ValueError(f"must be at least {least}, or 'auto'")
         return value
 
 
