@@ -349,7 +349,7 @@ class Daemon:
         return ordered
 
     def _dispatch(self) -> None:
-        """Quarantine doomed jobs; give each idle worker the next job of the folders its group serves."""
+        """Quarantine doomed jobs; give each worker with room the next job of the folders its group serves."""
         if self.stopping:
             return
         now = time.monotonic()
@@ -362,11 +362,11 @@ class Daemon:
             folders = [f for f in self._in_turn(self.folders) if f.group == group.key and f.queue
                        and not f.sink_pause.waiting(now)]
             while folders:
-                idle = self.pool.idle(group.active)
-                if not idle:
+                room = self.pool.with_room(group.active)
+                if not room:
                     break
                 folder = folders.pop(0)
-                if not self._dispatch_one(folder, idle[0]):
+                if not self._dispatch_one(folder, room[0]):
                     break
                 if folder.queue:
                     folders.append(folder)  # round robin: its next job after the others' first

@@ -47,7 +47,7 @@ from .config import LimitsConfig, OutputConfig
 from .errors import (
     CorruptImage, EmptyFile, JobError, LinkRefused, NotAFile, NotAnImage, OutputError, TooManyPixels, UnsupportedImage,
 )
-from .png import encode_png
+from .png import EXIF_PREFIX as _EXIF_PREFIX, SIGNATURE as PNG_SIGNATURE, encode_png
 
 T = TypeVar("T")
 
@@ -71,7 +71,6 @@ INPUT_FORMATS: dict[str, str] = {
 #: Output format -> file extension.
 EXTENSIONS: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 #: Leading bytes of the formats we read: a file that starts like one but does not parse is corrupt.
 _SIGNATURES: tuple[bytes, ...] = (
@@ -86,7 +85,6 @@ ORIENTATION = 0x0112
 #: IFD0 tags of a TIFF input that describe the picture (the rest describe the file's layout).
 _TIFF_DESCRIPTIVE_TAGS = (270, 271, 272, 305, 306, 315, 33432)
 
-_EXIF_PREFIX = b"Exif\x00\x00"
 
 
 @dataclass(frozen=True)

@@ -138,11 +138,11 @@ class Pool:
     def dispatch(self, worker: Worker, job: Job, cfg: Config) -> bool:
         """Hand `job` (with its hot folder's config) to a worker with room; False if the worker just died.
 
-        An idle worker starts it at once; a busy one (see has_room) after the job it runs. A
+        An idle worker starts it at once; a busy one (see _has_room) after the job it runs. A
         death is reported by wait(). The config travels with the job, so hot folders that share
         a model share workers, and a reload that changes only output settings restarts nothing.
         """
-        assert self.has_room(worker)
+        assert self._has_room(worker)
         try:
             worker.conn.send((job, cfg))
         except OSError:
@@ -155,7 +155,7 @@ class Pool:
             worker.ahead.append(job)
         return True
 
-    def has_room(self, w: Worker) -> bool:
+    def _has_room(self, w: Worker) -> bool:
         """Idle; or busy, with fewer jobs sent ahead than pool.prefetch allows it.
 
         With pool.max_jobs_per_worker, never more jobs than it may still do: it goes idle at
@@ -279,9 +279,9 @@ class Pool:
         """Living workers of one generation."""
         return [w for w in self.workers if w.generation == generation]
 
-    def idle(self, generation: int) -> list[Worker]:
+    def with_room(self, generation: int) -> list[Worker]:
         """Workers of `generation` that take a job now: idle ones first, then those with room to prefetch."""
-        room = [w for w in self.workers if w.generation == generation and self.has_room(w)]
+        room = [w for w in self.workers if w.generation == generation and self._has_room(w)]
         return sorted(room, key=lambda w: (w.job is not None) + len(w.ahead))
 
     def busy(self) -> list[Worker]:

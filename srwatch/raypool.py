@@ -550,7 +550,7 @@ class RayPool:
         """Living actors of one generation."""
         return [w for w in self.workers if w.generation == generation]
 
-    def idle(self, generation: int) -> list[RayWorker]:
+    def with_room(self, generation: int) -> list[RayWorker]:
         """Actors of `generation` that take a job now: idle ones first, then those with room to prefetch."""
         room = [w for w in self.workers if w.generation == generation and self._has_room(w)]
         return sorted(room, key=lambda w: len(w.calls))
