@@ -94,6 +94,8 @@ class WatchConfig(_Section):
     # Size and mtime unchanged this long = complete. The floor keeps a file that is still
     # being written (a writer pausing between chunks) from being taken.
     settle_seconds: float = Field(default=2.0, ge=MIN_SETTLE_SECONDS)
+    # Ask the kernel (a read lease) whether a process still has the file open for writing.
+    writer_check: bool = True
     rescan_interval: float = Field(default=60.0, ge=0)  # in seconds; 0 = no periodic rescan
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
 

@@ -7,6 +7,12 @@ changed for a short quiet time after; or their size and mtime stayed unchanged f
 `watch.settle_seconds`. A periodic rescan catches files whose event was lost (and runs at
 once when the kernel reports an inotify queue overflow).
 
+With `watch.writer_check`, the kernel is also asked, just before a file is handed out,
+whether any process still has it open for writing (`open_for_writing`, a read lease): such a
+file goes back to settling however long it has been unchanged, and a file renamed into the
+inbox that nobody holds open is taken without the quiet time. Where the kernel cannot tell
+(no lease support, another user's file without CAP_LEASE) the timing rule decides alone.
+
 Entries are looked at with lstat only: a symbolic link, a FIFO or another non-regular entry
 is never opened or followed. It is handed out like a file (it is an input that must end
 somewhere) and the daemon quarantines it without reading it. Each ready entry carries the
@@ -14,10 +20,13 @@ identity it settled with (inode, size, mtime), which the claim checks again.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import fnmatch
 import logging
 import os
 import queue
+import signal
 import stat
 import threading
 import time
@@ -50,6 +59,19 @@ CLOSE_QUIET = 0.3  # in seconds: after a close-after-write, no further change fo
 CHECK_EVERY = 0.25  # in seconds: how often a settling file is lstat()ed at most
 INBOX_CHECK_EVERY = 1.0  # in seconds: how often the inbox itself is checked (removed, replaced)
 DUE_MARGIN = 0.001  # in seconds: a check this long after a quiet time is up finds it up (float rounding)
+# In seconds, with writer_check: how long a file renamed into the inbox stays unchanged before
+# the writer check decides. Not 0: a fresh creation reports its IN_CREATE an instant before
+# its IN_OPEN, and watchdog hands the two over one at a time; this leaves room for the open to
+# arrive and mark it as being written.
+RENAME_QUIET = 0.05
+WRITER_RECHECK = 1.0  # in seconds: how often a file still open for writing is asked about again
+WRITER_WARN_AFTER = 60.0  # in seconds unchanged but still open for writing: say so, once
+
+_CAP_LEASE = 28  # linux/capability.h
+# Lease-break notices go to this signal instead of SIGIO, whose default action would kill the
+# daemon if a writer opened the file in the instant the lease is held. SIGURG is ignored by default.
+_F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
+_LEASE_SIGNAL = signal.SIGURG
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,11 @@ class InboxHandler(FileSystemEventHandler):
     close-after-write. The polling observer cannot tell the two apart: its creations are
     plain `changed`.
     """
+
+    # The events it uses, which also sets the inotify mask: not the close of a read-only open
+    # (the writer check's own opens, a reader's), which would only fill the kernel's queue.
+    EVENTS = (FileMovedEvent, DirMovedEvent, DirCreatedEvent, FileClosedEvent, FileOpenedEvent,
+              FileCreatedEvent, FileModifiedEvent, FileDeletedEvent)
 
     def __init__(self, events: "queue.SimpleQueue[InboxEvent]", inotify: bool = True) -> None:
         self.events = events
@@ -130,20 +157,90 @@ class _Pending:
     stable_since: float  # monotonic time since which size and mtime are unchanged
     checked_at: float
     closed_at: Optional[float] = None  # monotonic time of the last close-after-write / rename-in
+    renamed: bool = False  # that was a rename into the inbox (no writer seen since)
+    fast: bool = False  # handed out on the rename alone: the writer check must answer for it
+    not_before: float = 0.0  # monotonic: found open for writing, ask again no sooner than this
+    writing_since: Optional[float] = None  # monotonic: first found unchanged but open for writing
+    warned: bool = False
 
     def candidate(self, path: Path) -> Candidate:
         return Candidate(path, self.kind, self.ino, self.size, self.mtime_ns)
 
-    def next_check(self, settle: float) -> float:
+    def can_skip_quiet(self, leases: bool) -> bool:
+        """A non-empty file renamed into place, where the writer check can vouch for it.
+
+        Empty is excluded: a writer's fresh file is empty in the instant between its creation
+        and its open, when no check can see the writer yet.
+        """
+        return leases and self.renamed and self.kind == "file" and self.size > 0
+
+    def ready_at(self, settle: float, leases: bool) -> float:
+        """When the timing rule (or, with `leases`, the rename) says it is complete."""
+        at = self.stable_since + settle
+        if self.closed_at is not None:
+            quiet = RENAME_QUIET if self.can_skip_quiet(leases) else CLOSE_QUIET
+            at = min(at, max(self.stable_since, self.closed_at) + quiet)
+        return at
+
+    def next_check(self, settle: float, leases: bool = False) -> float:
         """When to lstat it next: every CHECK_EVERY, and just as its quiet time would be up.
 
         Checking only every CHECK_EVERY made a 0.3 s quiet time 0.5 s whenever the check
         before fell just short of it.
         """
-        ready_at = self.stable_since + settle
-        if self.closed_at is not None:
-            ready_at = min(ready_at, max(self.stable_since, self.closed_at) + CLOSE_QUIET)
-        return min(self.checked_at + CHECK_EVERY, ready_at + DUE_MARGIN)
+        due = min(self.checked_at + CHECK_EVERY, self.ready_at(settle, leases) + DUE_MARGIN)
+        return max(due, self.not_before)
+
+
+def has_cap_lease() -> bool:
+    """Whether this process may take a lease on another user's file (CAP_LEASE, e.g. root)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_LEASE & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def open_for_writing(path: Path) -> Optional[bool]:
+    """Whether any process on this machine has the regular file `path` open for writing.
+
+    True or False, or None where the kernel cannot tell: a read lease (F_SETLEASE, Linux) is
+    refused with EAGAIN while the file is open for writing anywhere on this machine (a writable
+    shared mapping included), and it is let go at once. It needs the file's owner or
+    CAP_LEASE (EACCES otherwise) and a filesystem with leases (EINVAL on NFS, FUSE...). The
+    open is non-blocking: where Samba or the NFS server holds a lease of their own, it fails
+    at once (True: a client has it) instead of waiting for their lease to be broken. Writers on
+    other machines are never seen.
+    """
+    return _ask_kernel(path)[0]
+
+
+def _ask_kernel(path: Path) -> tuple[Optional[bool], bool]:
+    """open_for_writing's answer, and whether the filesystem itself refused leases (EINVAL)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except BlockingIOError:
+        return True, False
+    except OSError:
+        return None, False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, False
+        fcntl.fcntl(fd, _F_SETSIG, _LEASE_SIGNAL)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            return True, False
+        return None, exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False, False
+    finally:
+        os.close(fd)
 
 
 def _lstat(path: Path) -> Optional[tuple[str, int, int, int]]:
@@ -158,11 +255,32 @@ def _lstat(path: Path) -> Optional[tuple[str, int, int, int]]:
 
 
 class Settler:
-    """Decides when an entry is completely written. Main-thread only."""
+    """Decides when an entry is completely written. Main-thread only.
 
-    def __init__(self, settle_seconds: float) -> None:
+    `ready()` hands out what the timing rule (or a rename) says is complete; with
+    `writer_check`, `confirm()` then asks the kernel about writers just before the entry is
+    taken, and sends one still open for writing back to settling.
+    """
+
+    def __init__(self, settle_seconds: float, writer_check: bool = False) -> None:
         self.settle = settle_seconds
+        self.writer_check = writer_check
         self.pending: dict[Path, _Pending] = {}
+        self.handed: dict[Path, _Pending] = {}  # handed out by ready(), not yet confirmed
+        self._cap_lease = has_cap_lease() if writer_check else False
+        self._no_leases: set[int] = set()  # st_dev of filesystems that refused a lease (EINVAL)
+
+    def _leases(self, path: Path) -> bool:
+        """Whether the writer check can answer for this file (so far as can be told without opening it)."""
+        if not self.writer_check:
+            return False
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        if st.st_dev in self._no_leases:
+            return False
+        return self._cap_lease or st.st_uid == os.geteuid()
 
     def note(self, path: Path, kind: str, now: float, at: Optional[float] = None) -> None:
         """Record an event seen at `at` (or, with `at` None, a scan sighting: kind 'changed') for `path`.
@@ -177,6 +295,10 @@ class Settler:
                 self.pending.pop(path, None)
             return
         entry = self.pending.get(path)
+        if entry is None and path in self.handed:
+            # Handed out but not yet taken, and it changed: it settles again from what was seen.
+            entry = self.pending[path] = self.handed.pop(path)
+            entry.fast = False
         if entry is None:
             seen = _lstat(path)
             if seen is None:
@@ -195,23 +317,32 @@ class Settler:
                 entry.stable_since = max(entry.stable_since, min(at, now))
             if kind == "changed":
                 entry.checked_at = 0.0  # re-check soon
+                entry.renamed = False
         if kind in ("closed", "moved_in", "created"):
             # Complete as far as the writer is concerned: a close after writing, or a rename
             # into place (a creation without an open). Still checked for quiet before taken.
             entry.closed_at = now if at is None else min(at, now)
+            entry.renamed = kind != "closed"
             entry.checked_at = 0.0
+            entry.not_before = 0.0
         elif kind == "opened":
             entry.closed_at = None  # someone is writing (or reading) it: wait for the close
+            entry.renamed = False
 
     def next_due(self) -> Optional[float]:
         """The monotonic time the next entry is worth checking, or None with nothing settling."""
-        return min((e.next_check(self.settle) for e in self.pending.values()), default=None)
+        return min((e.next_check(self.settle, self._may_skip(p, e)) for p, e in self.pending.items()),
+                   default=None)
+
+    def _may_skip(self, path: Path, entry: _Pending) -> bool:
+        return entry.renamed and self._leases(path)
 
     def ready(self, now: float) -> list[Candidate]:
         """Entries that are complete now (removed from pending), in the order first seen."""
         done: list[Candidate] = []
         for path, entry in list(self.pending.items()):
-            if now < entry.next_check(self.settle):
+            leases = self._may_skip(path, entry)
+            if now < entry.next_check(self.settle, leases):
                 continue
             entry.checked_at = now
             seen = _lstat(path)
@@ -221,15 +352,71 @@ class Settler:
             if seen != (entry.kind, entry.ino, entry.size, entry.mtime_ns):
                 entry.kind, entry.ino, entry.size, entry.mtime_ns = seen
                 entry.stable_since = now
+                entry.renamed = False
+                entry.writing_since = None
                 if entry.closed_at is not None and entry.closed_at < now - CHECK_EVERY:
                     entry.closed_at = None  # written again after the close: wait again
                 continue
             quiet = now - entry.stable_since
             closed = entry.closed_at is not None and now - entry.closed_at >= CLOSE_QUIET
-            if quiet >= self.settle or (closed and quiet >= CLOSE_QUIET):
+            timed = quiet >= self.settle or (closed and quiet >= CLOSE_QUIET)
+            if timed or now + DUE_MARGIN >= entry.ready_at(self.settle, leases):
+                entry.fast = not timed
                 del self.pending[path]
+                if self.writer_check:
+                    self.handed[path] = entry
                 done.append(entry.candidate(path))
         return done
+
+    def confirm(self, cand: Candidate, now: float) -> bool:
+        """Just before `cand` is taken: False (and back to settling) if a writer still has it open.
+
+        Also False for an entry handed out on its rename alone when the kernel cannot tell
+        after all: it then waits out the timing rule like any other.
+        """
+        entry = self.handed.pop(cand.path, None)
+        if not self.writer_check or cand.kind != "file":
+            return True
+        writing, refused = _ask_kernel(cand.path) if self._leases(cand.path) else (None, False)
+        if writing is False:
+            return True
+        if entry is None:  # put back after an earlier confirm: nothing kept to settle it again
+            entry = _Pending(cand.kind, cand.ino, cand.size, cand.mtime_ns, stable_since=now, checked_at=now)
+        if writing is None:
+            if refused:
+                self._no_leases_on(cand.path)
+            if not entry.fast:
+                return True
+        else:
+            entry.not_before = now + WRITER_RECHECK
+            self._still_writing(cand.path, entry, now)
+        entry.renamed = entry.fast = False
+        entry.checked_at = now
+        self.pending[cand.path] = entry
+        return False
+
+    def _no_leases_on(self, path: Path) -> None:
+        """The filesystem refused a lease: the timing rule alone decides there from now on."""
+        try:
+            dev = os.lstat(path).st_dev
+        except OSError:
+            return
+        if dev not in self._no_leases:
+            log.info("the filesystem of %s has no leases, so nobody can tell whether a file there is still "
+                     "open for writing: the timing rule alone decides there", path.parent)
+            self._no_leases.add(dev)
+
+    def _still_writing(self, path: Path, entry: _Pending, now: float) -> None:
+        if entry.writing_since is None:
+            entry.writing_since = now
+        if not entry.warned and now - entry.writing_since >= WRITER_WARN_AFTER:
+            entry.warned = True
+            log.warning("%s has not changed for %.0f s but another process still has it open for writing: "
+                        "waiting for it to be closed", path, now - entry.stable_since)
+
+    def forget(self, path: Path) -> None:
+        """The entry left the ready set without being taken (deleted, or the inbox was replaced)."""
+        self.handed.pop(path, None)
 
 
 class InboxWatcher:
@@ -240,7 +427,7 @@ class InboxWatcher:
         self.cfg = cfg
         self.exclude = [Path(p) for p in exclude]
         self.events: "queue.SimpleQueue[InboxEvent]" = queue.SimpleQueue()
-        self.settler = Settler(cfg.settle_seconds)
+        self.settler = Settler(cfg.settle_seconds, writer_check=cfg.writer_check)
         self.observer: Optional[Observer] = None
         self.last_scan = 0.0
         self._ready: "OrderedDict[Path, Candidate]" = OrderedDict()  # complete, not yet claimed
@@ -270,7 +457,7 @@ class InboxWatcher:
         else:
             observer = Observer()
         observer.schedule(InboxHandler(self.events, inotify=not self.cfg.polling), str(self.inbox),
-                          recursive=self.cfg.recursive)
+                          recursive=self.cfg.recursive, event_filter=list(InboxHandler.EVENTS))
         observer.daemon = True
         observer.start()
         self.observer = observer
@@ -326,6 +513,7 @@ class InboxWatcher:
             self.inbox_missing = False
             self._stop_observer()
             self.settler.pending.clear()
+            self.settler.handed.clear()
             self._ready.clear()
             self._start_observer()
             self.rescan()
@@ -407,6 +595,7 @@ class InboxWatcher:
             ready = self._ready.get(event.path)
             if ready is not None and _lstat(event.path) is None:
                 self._ready.pop(event.path)
+                self.settler.forget(event.path)
             return
         if self._wanted(event.path):
             # A change to an entry that was already complete: it is being rewritten; settle it again.
@@ -414,10 +603,12 @@ class InboxWatcher:
             self.settler.note(event.path, event.kind, now, event.at)
 
     def take(self) -> Optional[Candidate]:
-        """The oldest complete entry, or None."""
-        if not self._ready:
-            return None
-        return self._ready.popitem(last=False)[1]
+        """The oldest complete entry, or None. With writer_check, one still open for writing goes back to settling."""
+        while self._ready:
+            cand = self._ready.popitem(last=False)[1]
+            if self.settler.confirm(cand, time.monotonic()):
+                return cand
+        return None
 
     def put_back(self, cand: Candidate) -> None:
         """A claim could not happen now (the work folder is full): keep the entry first in line."""

@@ -93,6 +93,27 @@ def test_slow_writer_is_never_taken_half_written(layout: Layout) -> None:
     assert cv2.imread(str(layout.outbox / "slow_x3.png")).shape == (192, 192, 3)
 
 
+def test_writer_pausing_longer_than_settle_seconds_is_waited_for(layout: Layout) -> None:
+    """Unchanged for 4x settle_seconds but still open for writing: the writer check keeps it in the inbox."""
+    daemon = start(layout, watch={"settle_seconds": 0.5})
+    data = image_bytes(64, 64, seed=7)
+    try:
+        with open(layout.inbox / "paused.png", "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            time.sleep(2.0)  # a stalled upload: the timing rule alone took it here, half written
+            assert (layout.inbox / "paused.png").exists() and layout.files(layout.quarantine) == []
+            fh.write(data[len(data) // 2 :])
+        wait_for(settled(layout, 1), 60, what="paused file processed")
+        renamed = drop(layout.root / "whole.png", 40, 40, seed=8)
+        os.rename(layout.root / "whole.png", layout.inbox / "whole.png")  # nobody holds it: taken at once
+        wait_for(settled(layout, 2), 60, what="renamed file processed")
+    finally:
+        assert daemon.stop() == 0
+    assert_each_input_once(layout, {"paused.png": data, "whole.png": renamed})
+    assert cv2.imread(str(layout.outbox / "paused_x3.png")).shape == (192, 192, 3)
+
+
 def test_backlog_at_start_and_subfolders(layout: Layout) -> None:
     layout.inbox.mkdir(parents=True)
     (layout.inbox / "sub" / "deeper").mkdir(parents=True)

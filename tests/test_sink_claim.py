@@ -4,7 +4,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,10 @@ from srwatch.claim import Candidate, Job
 from srwatch.config import parse_config
 from srwatch.errors import ConfigError, CorruptImage, LinkRefused, StorageError, WorkerCrashed
 from srwatch.messages import Done, Failed
-from srwatch.watcher import CLOSE_QUIET, DUE_MARGIN, Settler, is_ignored
+from srwatch.watcher import CLOSE_QUIET, DUE_MARGIN, RENAME_QUIET, WRITER_RECHECK, Settler, is_ignored, open_for_writing
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -446,3 +452,135 @@ def test_settler_counts_quiet_from_the_event_and_checks_just_when_it_is_up(tmp_p
     assert s.ready(t + 0.5) == []
     assert s.next_due() == pytest.approx(t + 0.25 + CLOSE_QUIET + DUE_MARGIN)
     assert [c.path for c in s.ready(t + 0.25 + CLOSE_QUIET + DUE_MARGIN)] == [g]
+
+
+class _Writer:
+    """Another process holding `path` open for writing (appending `data` first) until told to close it."""
+
+    def __init__(self, path: Path, data: bytes = b"") -> None:
+        code = ("import sys; f = open(sys.argv[1], 'ab', buffering=0); f.write(sys.stdin.buffer.read(int(sys.argv[2]))); "
+                "print('open', flush=True); sys.stdin.readline(); f.write(sys.stdin.buffer.read(int(sys.argv[3]))); f.close()")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(len(data)), "0"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == b"open\n"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin
+            self.proc.stdin.write(b"\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def test_open_for_writing_asks_the_kernel_about_writers_in_other_processes(tmp_path: Path) -> None:
+    f = tmp_path / "f.png"
+    f.write_bytes(b"complete")
+    assert open_for_writing(f) is False
+    writer = _Writer(f)
+    try:
+        assert open_for_writing(f) is True
+    finally:
+        writer.close()
+    assert open_for_writing(f) is False
+    reader = open(f, "rb")  # a reader is no writer
+    try:
+        assert open_for_writing(f) is False
+    finally:
+        reader.close()
+    link = tmp_path / "l.png"
+    link.symlink_to(f)
+    assert open_for_writing(link) is None  # never followed
+    assert open_for_writing(tmp_path / "gone.png") is None
+
+
+def test_writer_check_takes_a_renamed_file_without_the_quiet_time(tmp_path: Path) -> None:
+    """A rename into place that no process holds open is complete: no 0.3 s wait."""
+    s = Settler(settle_seconds=2.0, writer_check=True)
+    f = tmp_path / "f.png"
+    f.write_bytes(b"complete")
+    t = 900.0
+    s.note(f, "moved_in", t, at=t)
+    assert s.ready(t) == []  # the open of a fresh creation may still be on its way
+    assert s.next_due() == pytest.approx(t + RENAME_QUIET + DUE_MARGIN)
+    [cand] = s.ready(t + RENAME_QUIET + DUE_MARGIN)
+    assert s.confirm(cand, t + 0.06)
+    # Without the check, the same rename waits out the quiet time.
+    old = Settler(settle_seconds=2.0)
+    g = tmp_path / "g.png"
+    g.write_bytes(b"complete")
+    old.note(g, "moved_in", t, at=t)
+    assert old.ready(t + RENAME_QUIET + DUE_MARGIN) == []
+    assert [c.path for c in old.ready(t + CLOSE_QUIET + DUE_MARGIN)] == [g]
+    # An empty creation is not fast: in the instant before its writer's open, it looks closed.
+    e = tmp_path / "e.png"
+    e.write_bytes(b"")
+    s.note(e, "created", t, at=t)
+    assert s.ready(t + RENAME_QUIET + DUE_MARGIN) == []
+    assert [c.path for c in s.ready(t + CLOSE_QUIET + DUE_MARGIN)] == [e]
+
+
+def test_writer_check_sends_a_file_still_open_for_writing_back_however_quiet(tmp_path: Path) -> None:
+    """A writer pausing longer than settle_seconds, or renaming before it closes: not taken until it closes."""
+    s = Settler(settle_seconds=1.0, writer_check=True)
+    f = tmp_path / "f.png"
+    writer = _Writer(f, b"first half")
+    try:
+        t = 100.0
+        s.note(f, "created", t, at=t)
+        s.note(f, "opened", t, at=t)
+        [cand] = s.ready(t + 1.5)  # the timing rule: unchanged for settle_seconds
+        assert not s.confirm(cand, t + 1.5)  # but still open for writing
+        assert list(s.pending) == [f]
+        assert s.ready(t + 1.5 + WRITER_RECHECK / 2) == []  # not asked again at once
+        [cand] = s.ready(t + 1.5 + WRITER_RECHECK + DUE_MARGIN)
+        assert not s.confirm(cand, t + 2.6)
+        renamed = tmp_path / "renamed.png"
+        os.rename(f, renamed)  # renamed into place before the writer closed it
+        s.note(renamed, "moved_in", t + 3.0, at=t + 3.0)
+        [cand] = s.ready(t + 3.0 + RENAME_QUIET + DUE_MARGIN)
+        assert cand.path == renamed and not s.confirm(cand, t + 3.1)
+    finally:
+        writer.close()
+    [cand] = s.ready(t + 3.1 + WRITER_RECHECK + DUE_MARGIN)
+    assert cand.path == renamed and s.confirm(cand, t + 4.2)
+    assert list(s.pending) == []
+
+
+def test_writer_check_falls_back_to_the_timing_rule_where_the_kernel_cannot_tell(tmp_path: Path) -> None:
+    """Another user's file, and no CAP_LEASE: the lease is refused, so the 0.3 s quiet decides."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the check as another user")
+    assert shutil.which("setpriv"), "setpriv (util-linux) runs the check as another user"
+    folder = Path(tempfile.mkdtemp(prefix="srwatch-lease-"))  # pytest's tmp_path is not open to other users
+    folder.chmod(0o755)
+    f = folder / "f.png"
+    f.write_bytes(b"complete")
+    code = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+from srwatch.watcher import CLOSE_QUIET, DUE_MARGIN, RENAME_QUIET, Settler, open_for_writing
+f = Path({str(f)!r})
+assert open_for_writing(f) is None
+s = Settler(settle_seconds=2.0, writer_check=True)
+s.note(f, "moved_in", 10.0, at=10.0)
+assert s.ready(10.0 + RENAME_QUIET + DUE_MARGIN) == []
+[c] = s.ready(10.0 + CLOSE_QUIET + DUE_MARGIN)
+assert s.confirm(c, 10.31)
+print("ok")
+"""
+    try:
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                              "--bounding-set=-all", sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        shutil.rmtree(folder)
+    assert out.stdout.strip() == "ok", out.stderr
