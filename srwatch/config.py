@@ -391,6 +391,20 @@ class Config(_Section):
         return layout_for(self.pool.workers, self.pool.threads_per_worker, available_cpus(),
                           resolve_engine(self.model) if self.model else "opencv")
 
+    def crowded_threads(self) -> Optional[int]:
+        """Threads per worker for a file that shares the CPUs with other workers' files, or None.
+
+        With the auto layout and OpenVINO, a worker runs a file alone on its two threads, and
+        on one while other workers are busy too (or more files wait): two-thread workers busy
+        together were 3-4 % slower than one-thread ones (benchmarks/README.md).
+        """
+        if self.pool.workers != "auto" or self.pool.threads_per_worker != "auto" or self.model is None:
+            return None
+        workers, threads = self.worker_layout()
+        if workers < 2 or threads < 2 or resolve_engine(self.model) != "openvino":
+            return None
+        return 1
+
 
 def layout_for(workers: Union[int, str], threads: Union[int, str], cpus: int, engine: str = "opencv") -> tuple[int, int]:
     """(workers, threads per worker) for pool settings, 'auto' resolved for `cpus` CPUs and the engine."""

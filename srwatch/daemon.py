@@ -383,7 +383,8 @@ class Daemon:
         if head.id in folder.doomed:
             return self._settle_here(folder, folder.queue.popleft(), folder.doomed[head.id])
         job = claim.set_attempts(folder.queue.popleft(), head.attempts + 1)
-        if self.pool.dispatch(worker, job, folder.cfg):
+        more_waiting = any(f.queue or f.ready for f in self.folders)
+        if self.pool.dispatch(worker, job, folder.cfg, more_waiting):
             log.debug("dispatched %s to %s (pid %d, attempt %d)", folder.show(job.rel), worker.name, worker.pid,
                       job.attempts)
             return True
@@ -474,6 +475,8 @@ class Daemon:
         if isinstance(msg, Done):
             fields.update(event="done", output=msg.output, archived=msg.archived, resumed=msg.resumed,
                           cached=msg.cached, ms={k: round(v * 1000, 1) for k, v in msg.stages.items()})
+            if msg.threads:
+                fields["threads"] = list(msg.threads)
             if msg.input_size:
                 fields.update(input_size=list(msg.input_size), output_size=list(msg.output_size or ()))
             if msg.resumed:
@@ -482,6 +485,9 @@ class Daemon:
             else:
                 extra = f", {' ; '.join(msg.notes)}" if msg.notes else ""
                 stages = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in msg.stages.items())
+                if msg.threads:  # the inference threads it ran on
+                    counts = " to ".join(map(str, (msg.threads[0], msg.threads[-1])[: 1 + (len(msg.threads) > 1)]))
+                    stages += f"; {counts} thread{'s' if msg.threads[-1] > 1 else ''}"
                 log.info(
                     "done %s -> %s (%dx%d -> %dx%d, %.2f s%s%s; %s; %s; %s)", shown, msg.output, *msg.input_size,
                     *msg.output_size, msg.seconds, ", cached" if msg.cached else "", extra, _kb(job),

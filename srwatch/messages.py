@@ -53,6 +53,7 @@ class Done:
     input_bytes: int = 0
     output_bytes: int = 0
     preview: Optional[Preview] = None  # before/after JPEGs for the status page, when it is on
+    threads: tuple[int, ...] = ()  # the inference thread counts it ran on (empty: not known, e.g. a Ray actor's)
 
 
 @dataclass(frozen=True)

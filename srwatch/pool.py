@@ -41,6 +41,34 @@ _CTX = mp.get_context("spawn")
 PREFETCH_BELOW_SECONDS = 2.0
 
 
+#: Slots on the pool's busy board: one per live worker process (a new one takes a dead one's).
+BOARD_SLOTS = 256
+
+
+class BusyBoard:
+    """One shared byte per worker process, 1 while it holds a job.
+
+    Each worker writes only its own slot (worker.py); the pool hands slots out and clears the
+    slot of a worker that is gone. Workers read the board before each inference to run on
+    fewer threads while others are busy (engine.set_crowded): a supervisor's message would
+    come too late for a large file whose neighbours finish while it is half done.
+    """
+
+    def __init__(self, size: int = BOARD_SLOTS) -> None:
+        self.array = _CTX.RawArray("B", size)
+        self._free = list(range(size - 1, -1, -1))
+
+    def take(self) -> int:
+        """A free slot, or -1 when all are taken (that worker then never counts as busy)."""
+        return self._free.pop() if self._free else -1
+
+    def release(self, slot: int) -> None:
+        """The slot of a worker that is gone: cleared (it may have died busy) and free again."""
+        if slot >= 0:
+            self.array[slot] = 0
+            self._free.append(slot)
+
+
 class WorkerState(enum.Enum):
     """Where a worker is in its life."""
 
@@ -68,6 +96,7 @@ class Worker:
     jobs_done: int = 0
     load_seconds: Optional[float] = None
     retired: bool = False  # told to stop: its exit is expected (its state is DEAD once it is gone)
+    slot: int = -1  # its byte on the pool's busy board
 
     @property
     def pid(self) -> Optional[int]:
@@ -114,6 +143,7 @@ class Pool:
     prefetch: "int | str" = "auto"
     max_jobs: int = 0
     workers: list[Worker] = field(default_factory=list)
+    board: BusyBoard = field(default_factory=BusyBoard)
     _count: int = 0
 
     def reconfigure(self, pool_cfg: PoolConfig) -> None:
@@ -127,24 +157,33 @@ class Pool:
         parent, child = _CTX.Pipe()
         self._count += 1
         name = f"worker-{self._count}"
-        process = _CTX.Process(target=worker_main, args=(cfg, threads, child), name=f"srwatch-{name}", daemon=True)
-        process.start()
+        slot = self.board.take()
+        process = _CTX.Process(target=worker_main, args=(cfg, threads, child, self.board.array, slot),
+                               name=f"srwatch-{name}", daemon=True)
+        try:
+            process.start()
+        except BaseException:
+            self.board.release(slot)
+            raise
         child.close()
-        worker = Worker(name, process, parent, generation, time.monotonic())
+        worker = Worker(name, process, parent, generation, time.monotonic(), slot=slot)
         self.workers.append(worker)
         log.debug("%s started (pid %d, %d thread(s), generation %d)", name, process.pid, threads, generation)
         return worker
 
-    def dispatch(self, worker: Worker, job: Job, cfg: Config) -> bool:
+    def dispatch(self, worker: Worker, job: Job, cfg: Config, more_waiting: bool = False) -> bool:
         """Hand `job` (with its hot folder's config) to a worker with room; False if the worker just died.
 
         An idle worker starts it at once; a busy one (see _has_room) after the job it runs. A
         death is reported by wait(). The config travels with the job, so hot folders that share
         a model share workers, and a reload that changes only output settings restarts nothing.
+        With it goes whether the job will share the CPUs (other workers hold jobs, or
+        `more_waiting` files wait): a worker that can runs it on fewer threads then.
         """
         assert self._has_room(worker)
+        crowded = more_waiting or any(w is not worker and (w.job is not None or w.ahead) for w in self.workers)
         try:
-            worker.conn.send((job, cfg))
+            worker.conn.send((job, cfg, crowded))
         except OSError:
             return False
         if worker.job is None:
@@ -243,6 +282,7 @@ class Pool:
         w.ahead.clear()
         if w in self.workers:
             self.workers.remove(w)
+            self.board.release(w.slot)
         w.conn.close()
 
     def retire(self, worker: Worker) -> None:

@@ -317,11 +317,11 @@ class RayPool:
                         len(self.workers), cfg.ray.num_cpus, total)
 
     # -- feeding ----------------------------------------------------------------------------
-    def dispatch(self, worker: RayWorker, job: Job, cfg: Config) -> bool:
+    def dispatch(self, worker: RayWorker, job: Job, cfg: Config, more_waiting: bool = False) -> bool:
         """Hand `job` to an actor with room (idle, or running fewer than ray.prefetch ahead); False if it is gone.
 
         The supervisor finishes an earlier attempt's delivery or reads the input here; only
-        the bytes go to the actor.
+        the bytes go to the actor. `more_waiting` is not used: an actor's threads are fixed.
         """
         if worker.state is WorkerState.DEAD:
             return False

@@ -11,9 +11,10 @@ import datetime
 import logging
 import signal
 import time
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import claim, sink
 from .claim import Job
@@ -38,7 +39,25 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(cfg: Config, threads: int, conn: Connection) -> None:
+class BoardSlot:
+    """This worker's byte on the pool's busy board (pool.BusyBoard): set while it holds a job."""
+
+    def __init__(self, board: Optional[Any], slot: int) -> None:
+        self.board = board if slot >= 0 else None
+        self.slot = slot
+
+    def set(self, busy: bool) -> None:
+        if self.board is not None:
+            self.board[self.slot] = int(busy)
+
+    def others_busy(self) -> bool:
+        """Whether another worker of the pool holds a job now."""
+        if self.board is None:
+            return False
+        return bytes(self.board).count(1) - (self.board[self.slot] == 1) > 0
+
+
+def worker_main(cfg: Config, threads: int, conn: Connection, board: Optional[Any] = None, slot: int = -1) -> None:
     """Entry point of a worker process: load the engine once, then serve jobs until told to stop."""
     _die_with_parent()
     # Ctrl-C, SIGTERM and SIGHUP reach the whole process group; only the supervisor decides.
@@ -58,6 +77,14 @@ def worker_main(cfg: Config, threads: int, conn: Connection) -> None:
     except Exception as exc:  # noqa: BLE001 - report any load failure to the supervisor
         conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
         return
+    mine = BoardSlot(board, slot)
+    crowded_threads = cfg.crowded_threads()
+    if crowded_threads and mine.board is not None:
+        try:
+            processor.engine.prepare_crowded(crowded_threads, mine.others_busy)
+        except Exception as exc:  # noqa: BLE001 - a second compile failing costs speed, not files
+            log.warning("cannot prepare %d-thread inference for busy times (%s); every file uses %d",
+                        crowded_threads, exc, processor.engine.threads)
     conn.send(Ready(scale=processor.scale, load_seconds=time.monotonic() - started))
     processors = Processors(processor)
     while True:
@@ -67,13 +94,19 @@ def worker_main(cfg: Config, threads: int, conn: Connection) -> None:
             return
         if item is None:  # the sentinel: retire
             return
-        job, job_cfg = item
+        job, job_cfg, crowded = item
         try:
             for_job = processors.get(job_cfg)
         except Exception as exc:  # noqa: BLE001 - e.g. its cache folder cannot be opened: not the file's fault
             conn.send(Deferred(job.id, f"cannot prepare for {job_cfg.name}: {type(exc).__name__}: {exc}"))
             continue
-        conn.send(execute(for_job, job_cfg, job))
+        mine.set(True)
+        processors.engine.start_job(crowded)
+        result = execute(for_job, job_cfg, job)
+        if isinstance(result, Done) and processors.engine.threads_used:
+            result = replace(result, threads=tuple(sorted(processors.engine.threads_used)))
+        mine.set(False)
+        conn.send(result)
 
 
 class Processors:

@@ -377,3 +377,43 @@ def test_max_jobs_per_worker_recycles_after_exactly_that_many_files(layout: Layo
     for name in re.findall(r"done m\d\.png -> .*; (worker-\d+)\)", daemon.log()):
         per_worker[name] = per_worker.get(name, 0) + 1
     assert sorted(per_worker.values()) == [1, 3, 3], per_worker
+
+
+def test_auto_layout_runs_a_lone_file_on_two_threads_and_a_burst_on_one(layout: Layout) -> None:
+    """pool auto/auto with OpenVINO: two threads for a file alone, one while the other worker is
+    busy; a worker killed busy leaves no stale 'busy' behind (its slot on the board is cleared)."""
+    pytest.importorskip("openvino")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: the auto layout is one worker, never crowded")
+    daemon = start(layout, pool={"workers": "auto", "threads_per_worker": "auto", "max_attempts": 2},
+                   log={"level": "DEBUG"})
+
+    def threads_of(name: str) -> str:
+        m = re.search(rf"done {re.escape(name)} -> .*; (\d+(?: to \d+)?) threads?; worker-\d+\)", daemon.log())
+        return m.group(1) if m else ""
+
+    try:
+        dropped = {"lone.png": drop(layout.inbox / "lone.png", 64, 48, seed=90)}
+        wait_for(settled(layout, 1), 60, what="a lone file")
+        assert threads_of("lone.png") == "2"
+        dropped["big.png"] = drop(layout.inbox / "big.png", 1400, 1400, seed=91)
+        wait_for(lambda: _dispatched_pid(daemon, "big.png", 1), 30, what="big.png dispatched")
+        time.sleep(0.5)  # its worker has marked itself busy
+        assert "done big.png" not in daemon.log()
+        os.kill(_dispatched_pid(daemon, "big.png", 1), signal.SIGKILL)
+        wait_for(settled(layout, 2), 180, what="big.png after the crash")
+        dropped["lone2.png"] = drop(layout.inbox / "lone2.png", 64, 48, seed=92)
+        wait_for(settled(layout, 3), 60, what="a lone file after a crash")
+        assert threads_of("lone2.png") == "2", "the killed worker still counts as busy"
+        burst = {f"b{i}.png": image_bytes(96, 80, seed=100 + i) for i in range(8)}
+        for name, data in burst.items():
+            (layout.root / name).write_bytes(data)
+        for name in burst:
+            os.rename(layout.root / name, layout.inbox / name)
+        dropped.update(burst)
+        wait_for(settled(layout, 11), 120, what="a burst")
+    finally:
+        assert daemon.stop() == 0
+    assert_each_input_once(layout, dropped)
+    on_one = [name for name in burst if threads_of(name) == "1"]
+    assert len(on_one) >= 6, daemon.log()

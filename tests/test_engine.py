@@ -429,3 +429,37 @@ def test_openvino_auto_tiles_stop_where_the_cache_runs_out(models_dir: Path) -> 
     assert capped.tile_size == tiling.cache_tile_size(capped.measured_widest, 12) == 448
     tight = load_engine(ModelConfig(path=path, engine="openvino"), TileConfig(max_memory_mb=64), 1)
     assert tight.tile_size == tiling.auto_tile_size(tight.bytes_per_input_pixel(), 64, 12) < 448  # memory still rules
+
+
+def test_openvino_runs_one_piece_images_on_fewer_threads_while_other_workers_are_busy() -> None:
+    """The auto layout's threads per file: one while others are busy, both alone; a tiled image keeps both."""
+    pytest.importorskip("openvino")
+    model = Path(__file__).resolve().parents[1] / "models" / "EDSR-srwatch_x3.onnx"
+    engine = load_engine(ModelConfig(path=model, engine="openvino"), TileConfig(size=96, overlap=8), 2)
+    busy = [False]
+    engine.prepare_crowded(1, lambda: busy[0])
+    rng = np.random.default_rng(5)
+    small = cv2.GaussianBlur(rng.integers(0, 256, (80, 72, 3), dtype=np.uint8), (5, 5), 0)
+    large = cv2.resize(small, (200, 180), interpolation=cv2.INTER_CUBIC)  # several 96-px tiles
+
+    def run(img: np.ndarray, hint: bool = False) -> tuple[np.ndarray, set[int]]:
+        engine.start_job(hint)
+        return engine.upscale(img), set(engine.threads_used)
+
+    alone, used = run(small)
+    assert used == {2}
+    busy[0] = True
+    crowded, used = run(small)
+    assert used == {1}
+    assert np.abs(alone.astype(int) - crowded.astype(int)).max() <= 1  # the same network, summed in another order
+    busy[0] = False
+    assert run(small, hint=True)[1] == {1}  # files were waiting when it was sent
+    assert run(small)[1] == {2}  # the hint is for that file only
+    busy[0] = True
+    assert run(large)[1] == {2}
+    # Engines that cannot switch keep their one thread count.
+    fixed = load_engine(ModelConfig(path=model, engine="opencv"), OFF, 2)
+    fixed.prepare_crowded(1, lambda: True)
+    fixed.start_job(True)
+    fixed.upscale(small)
+    assert fixed.threads_used == {2} and fixed.crowded_threads is None

@@ -22,7 +22,7 @@ import abc
 import ctypes
 import functools
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -180,6 +180,47 @@ class Engine(abc.ABC):
         self.tile_cfg = tile_cfg
         self.threads = max(1, int(threads))
         self.tile_size: Optional[int] = None  # resolved by finish_load()
+        # Threads while other workers are busy too (prepare_crowded), and the count in use now.
+        self.crowded_threads: Optional[int] = None
+        self.active_threads = self.threads
+        self.threads_used: set[int] = set()  # this file's thread counts (start_job resets it)
+        self._crowded_hint = False
+        self._others_busy: Callable[[], bool] = lambda: False
+        self._one_piece = True  # the image being upscaled runs as one inference (not tiled)
+
+    # --- threads per file ---
+
+    def prepare_crowded(self, threads: int, others_busy: Callable[[], bool]) -> None:
+        """Run an image that fits one inference on `threads` (fewer than self.threads) while others_busy().
+
+        Two workers of two threads on two cores run each other's files 3-4 % slower than two of
+        one thread (benchmarks/README.md, "Threads per file"), while alone, two threads halve a
+        file's time. The question is asked as the inference starts (others_busy reads the
+        pool's busy board), so a file sent ahead does not go by how things were when it was
+        sent. A tiled image keeps all its threads: its tiles on both thread counts held buffers
+        in both compiled models (2000x2000 with the default model: 558 MB peak instead of 434)
+        and gained nothing. Only engines that can compile a second model (switches_threads:
+        OpenVINO) take this; cv2.dnn's and onnxruntime's thread counts stay fixed.
+        """
+        if 1 <= threads < self.threads and self.switches_threads:
+            self.crowded_threads = threads
+            self._others_busy = others_busy
+
+    #: Whether prepare_crowded() has any effect (a second compiled model per thread count).
+    switches_threads = False
+
+    def start_job(self, crowded: bool) -> None:
+        """A new file: its first inference is crowded if the supervisor said so (files were waiting)."""
+        self._crowded_hint = crowded
+        self.threads_used: set[int] = set()
+
+    def _pick_threads(self) -> None:
+        """Before an inference: crowded_threads for a one-piece image while others are busy, else self.threads."""
+        if self.crowded_threads is not None:
+            crowded = self._one_piece and (self._crowded_hint or self._others_busy())
+            self._crowded_hint = False
+            self.active_threads = self.crowded_threads if crowded else self.threads
+        self.threads_used.add(self.active_threads)
 
     @property
     def scale(self) -> int:
@@ -210,7 +251,8 @@ class Engine(abc.ABC):
             tiling.plan_tiles(height, width, self.tile_size, self.tile_cfg.overlap, self.scale)
             if self.tile_size is not None else []
         )
-        if len(windows) <= 1:  # whole-image inference ('off', or the image fits one tile)
+        self._one_piece = len(windows) <= 1
+        if self._one_piece:  # whole-image inference ('off', or the image fits one tile)
             whole = self._checked_upscale_whole(img)
             if out is None:
                 return whole
@@ -253,6 +295,7 @@ class Engine(abc.ABC):
 
     def checked_forward(self, blob: np.ndarray) -> np.ndarray:
         """forward(), with ModelError unless the output is ``scale`` x the input (4-D, NCHW)."""
+        self._pick_threads()
         out = self.forward(blob)
         height, width = blob.shape[2:]
         if out.ndim != 4 or out.shape[2:] != (height * self.scale, width * self.scale):

@@ -17,7 +17,7 @@ import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -89,6 +89,7 @@ class OpenVINOEngine(Engine):
     """openvino.Core on CPU (or an Intel GPU), compiled per input shape; f32 unless model.precision says bf16."""
 
     name = "openvino"
+    switches_threads = True
 
     def __init__(
         self, info: ModelInfo, tile_cfg: TileConfig, threads: int, device: str = "cpu", precision: str = "f32"
@@ -126,8 +127,10 @@ class OpenVINOEngine(Engine):
             # srwatch runs several processes, so the kernel places the threads; one process with
             # two threads is as fast either way (32-33 ms).
             self.config["ENABLE_CPU_PINNING"] = False
-        self._compiled: "OrderedDict[tuple[int, ...], tuple[Any, Any]]" = OrderedDict()
-        self._dynamic: Any = None  # the dynamic-size compiled model; False if the graph refuses
+        # Keyed by thread count too: a worker may also hold a model compiled for fewer threads,
+        # used while other workers are busy (prepare_crowded).
+        self._compiled: "OrderedDict[tuple[int, tuple[int, ...]], tuple[Any, Any]]" = OrderedDict()
+        self._dynamic: dict[int, Any] = {}  # threads -> the dynamic-size compiled model; False if the graph refuses
 
     def input_shape(self, blob: np.ndarray) -> tuple[int, ...]:
         """The model's input shape for an NCHW blob (NHWC graphs get the transposed shape)."""
@@ -143,29 +146,41 @@ class OpenVINOEngine(Engine):
         runs within a few percent of a static one. Graphs that cannot take dynamic
         dimensions fall back to one compile per shape (small LRU cache).
         """
-        if self._dynamic is None:
-            self._dynamic = self._compile_dynamic()
-        if self._dynamic is not False:
-            return self._dynamic, None
-        if shape in self._compiled:
-            self._compiled.move_to_end(shape)
-            return self._compiled[shape]
+        threads = self.active_threads
+        if threads not in self._dynamic:
+            self._dynamic[threads] = self._compile_dynamic(threads)
+        if self._dynamic[threads] is not False:
+            return self._dynamic[threads], None
+        key = (threads, shape)
+        if key in self._compiled:
+            self._compiled.move_to_end(key)
+            return self._compiled[key]
         self.model.reshape({self.model.inputs[0]: list(shape)})
-        compiled = self.core.compile_model(self.model, self.device, self.config)
+        compiled = self.core.compile_model(self.model, self.device, self._config_for(threads))
         entry = (compiled, self._pick_output(compiled, shape))
-        self._compiled[shape] = entry
+        self._compiled[key] = entry
         if len(self._compiled) > COMPILED_CACHE_SIZE:
             self._compiled.popitem(last=False)
         return entry
 
-    def _compile_dynamic(self) -> Any:
+    def _config_for(self, threads: int) -> dict[str, Any]:
+        return {**self.config, "INFERENCE_NUM_THREADS": threads}
+
+    def prepare_crowded(self, threads: int, others_busy: Callable[[], bool]) -> None:
+        """Also compile for `threads` (fewer) now, not on the first file that finds the others busy."""
+        super().prepare_crowded(threads, others_busy)
+        if self.crowded_threads is not None and self.crowded_threads not in self._dynamic:
+            if self._dynamic.get(self.threads) is not False:  # else compiled per input size, as it comes
+                self._dynamic[self.crowded_threads] = self._compile_dynamic(self.crowded_threads)
+
+    def _compile_dynamic(self, threads: int) -> Any:
         """The model compiled with dynamic height and width, or False if this graph cannot be."""
         ov = _import_openvino()
         channels = 1 if self.info.luma_only else 3
         dims = [1, -1, -1, channels] if self.nhwc else [1, channels, -1, -1]
         try:
             self.model.reshape({self.model.inputs[0]: ov.PartialShape(dims)})
-            return self.core.compile_model(self.model, self.device, self.config)
+            return self.core.compile_model(self.model, self.device, self._config_for(threads))
         except Exception as exc:  # noqa: BLE001 - a graph with fixed-size ops: compile per shape instead
             log.info("%s cannot run with dynamic input sizes (%s); compiling per input size",
                      self.info.path.name, _first_line(exc))
