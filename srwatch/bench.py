@@ -400,9 +400,10 @@ def _worker_peaks(pid: int) -> list[float]:
 
 
 def _layout_from_log(text: str) -> str:
-    match = re.search(r"(\d+) worker\(s\) x (\d+) thread\(s\)", text)
+    match = re.search(r"(\d+) worker\(s\) x (\d+) thread\(s\)(?: \((\d+) while others are busy\))?", text)
     engine = re.search(r"engine (\w+)", text)
-    return (f"{match.group(1)}x{match.group(2)}" if match else "?") + (f" {engine.group(1)}" if engine else "")
+    layout = f"{match.group(1)}x{match.group(2)}" + (f"/{match.group(3)}" if match.group(3) else "") if match else "?"
+    return layout + (f" {engine.group(1)}" if engine else "")
 
 
 # -- figures --------------------------------------------------------------------------------------------

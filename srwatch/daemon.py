@@ -234,9 +234,11 @@ class Daemon:
         loads = [w.load_seconds for w in self.pool.workers if w.load_seconds is not None]
         for folder in self.folders:
             workers, threads = self.groups[folder.group].size
+            crowded = folder.cfg.crowded_threads() if folder.cfg.pool.backend == "local" else None
             log.info(
-                "srwatch ready: watching %s (%s), %d worker(s) x %d thread(s), model %s (loaded in %.1f s)%s",
+                "srwatch ready: watching %s (%s), %d worker(s) x %d thread(s)%s, model %s (loaded in %.1f s)%s",
                 folder.cfg.paths.inbox, "polling" if folder.cfg.watch.polling else "inotify", workers, threads,
+                f" ({crowded} while others are busy)" if crowded else "",
                 folder.cfg.model.path.name, max(loads, default=0.0),
                 "" if folder.name == "default" else f", profile {folder.name}",
             )

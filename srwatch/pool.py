@@ -7,7 +7,9 @@ moment it sends its result instead of waiting for the supervisor to take the res
 write the next job's record and send it (2.6 ms median, 8 ms p90 per file measured, about a
 tenth of a fast model's cycle on a small image). Workers are started with the
 'spawn' method: forking a process whose OpenCV has started threads can deadlock. The
-child's code lives in worker.py; what crosses the pipe in messages.py.
+child's code lives in worker.py; what crosses the pipe in messages.py. Besides the pipes, the
+workers share one thing: the busy board, a byte per worker that says it holds a file, which
+the others read to choose their thread count (BusyBoard).
 
 A worker's state is changed here only (spawn, ready, dispatch, result, retire, death).
 """
