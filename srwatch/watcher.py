@@ -158,6 +158,7 @@ class _Pending:
     checked_at: float
     closed_at: Optional[float] = None  # monotonic time of the last close-after-write / rename-in
     renamed: bool = False  # that was a rename into the inbox (no writer seen since)
+    leases: bool = False  # the writer check can answer for it (asked once, when it was renamed in)
     fast: bool = False  # handed out on the rename alone: the writer check must answer for it
     not_before: float = 0.0  # monotonic: found open for writing, ask again no sooner than this
     writing_since: Optional[float] = None  # monotonic: first found unchanged but open for writing
@@ -323,6 +324,7 @@ class Settler:
             # into place (a creation without an open). Still checked for quiet before taken.
             entry.closed_at = now if at is None else min(at, now)
             entry.renamed = kind != "closed"
+            entry.leases = entry.renamed and self._leases(path)
             entry.checked_at = 0.0
             entry.not_before = 0.0
         elif kind == "opened":
@@ -334,8 +336,12 @@ class Settler:
         return min((e.next_check(self.settle, self._may_skip(p, e)) for p, e in self.pending.items()),
                    default=None)
 
-    def _may_skip(self, path: Path, entry: _Pending) -> bool:
-        return entry.renamed and self._leases(path)
+    @staticmethod
+    def _may_skip(path: Path, entry: _Pending) -> bool:
+        # Decided when the rename was noted, not per loop tick: a burst of 10,000 renames would
+        # otherwise cost an lstat per file per tick. A filesystem found without leases later
+        # sends its entries back through confirm(), once.
+        return entry.renamed and entry.leases
 
     def ready(self, now: float) -> list[Candidate]:
         """Entries that are complete now (removed from pending), in the order first seen."""
