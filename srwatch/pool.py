@@ -8,8 +8,9 @@ write the next job's record and send it (2.6 ms median, 8 ms p90 per file measur
 tenth of a fast model's cycle on a small image). Workers are started with the
 'spawn' method: forking a process whose OpenCV has started threads can deadlock. The
 child's code lives in worker.py; what crosses the pipe in messages.py. Besides the pipes, the
-workers share one thing: the busy board, a byte per worker that says it holds a file, which
-the others read to choose their thread count (BusyBoard).
+workers share one thing: the busy board, a number per worker that says which file it holds,
+which the others read to choose their thread count and the pool reads when a worker dies (a
+file still unread in its pipe is not the one it died on): BusyBoard.
 
 A worker's state is changed here only (spawn, ready, dispatch, result, retire, death).
 """
@@ -48,16 +49,17 @@ BOARD_SLOTS = 256
 
 
 class BusyBoard:
-    """One shared byte per worker process, 1 while it holds a job.
+    """One shared number per worker process: the dispatch number of the job it holds, 0 when none.
 
-    Each worker writes only its own slot (worker.py); the pool hands slots out and clears the
-    slot of a worker that is gone. Workers read the board before each inference to run on
-    fewer threads while others are busy (engine.set_crowded): a supervisor's message would
-    come too late for a large file whose neighbours finish while it is half done.
+    Each worker writes only its own slot (worker.py), the moment it takes a job from its pipe
+    and after it sent the result; the pool hands slots out and clears the slot of a worker that
+    is gone. Workers read the board before an inference to run on fewer threads while others
+    are busy (engine.prepare_crowded); the pool reads a dead worker's slot to tell the job it
+    was running from one still waiting in its pipe (started()).
     """
 
     def __init__(self, size: int = BOARD_SLOTS) -> None:
-        self.array = _CTX.RawArray("B", size)
+        self.array = _CTX.RawArray("q", size)
         self._free = list(range(size - 1, -1, -1))
 
     def take(self) -> int:
@@ -98,7 +100,8 @@ class Worker:
     jobs_done: int = 0
     load_seconds: Optional[float] = None
     retired: bool = False  # told to stop: its exit is expected (its state is DEAD once it is gone)
-    slot: int = -1  # its byte on the pool's busy board
+    slot: int = -1  # its place on the pool's busy board
+    numbers: dict[str, int] = field(default_factory=dict)  # job id -> dispatch number, for jobs it holds
 
     @property
     def pid(self) -> Optional[int]:
@@ -146,7 +149,10 @@ class Pool:
     max_jobs: int = 0
     workers: list[Worker] = field(default_factory=list)
     board: BusyBoard = field(default_factory=BusyBoard)
+    # The worker process's code (worker.worker_main); a test gives a fake to check the rules here.
+    target: Callable[..., None] = worker_main
     _count: int = 0
+    _dispatched: int = 0  # dispatch numbers (0: none)
 
     def reconfigure(self, pool_cfg: PoolConfig) -> None:
         """Take pool.prefetch and pool.max_jobs_per_worker (at start and on reload)."""
@@ -160,7 +166,7 @@ class Pool:
         self._count += 1
         name = f"worker-{self._count}"
         slot = self.board.take()
-        process = _CTX.Process(target=worker_main, args=(cfg, threads, child, self.board.array, slot),
+        process = _CTX.Process(target=self.target, args=(cfg, threads, child, self.board.array, slot),
                                name=f"srwatch-{name}", daemon=True)
         try:
             process.start()
@@ -184,10 +190,12 @@ class Pool:
         """
         assert self._has_room(worker)
         crowded = more_waiting or any(w is not worker and (w.job is not None or w.ahead) for w in self.workers)
+        self._dispatched += 1
         try:
-            worker.conn.send((job, cfg, crowded))
+            worker.conn.send((job, cfg, crowded, self._dispatched))
         except OSError:
             return False
+        worker.numbers[job.id] = self._dispatched
         if worker.job is None:
             worker.job = job
             worker.job_started = time.monotonic()
@@ -235,10 +243,23 @@ class Pool:
         for w in dead:
             events.extend(self._drain(w))  # what it sent before dying (e.g. Done, then a crash on exit)
             w.process.join(timeout=1)
-            events.append(Event(w, None, w.job))
+            job = w.job
+            if job is not None and not self.started(w, job):
+                # Its previous result came, and it died before taking this one from its pipe:
+                # not this file's crash. Back first in its queue (after the ones behind it).
+                w.ahead.appendleft(job)
+                job = None
+            events.append(Event(w, None, job))
             self._give_back(w)
             self._bury(w)
         return events
+
+    def started(self, w: Worker, job: Job) -> bool:
+        """Whether `w` took `job` from its pipe (its slot on the busy board says so); True if it cannot tell."""
+        number = w.numbers.get(job.id)
+        if w.slot < 0 or number is None:
+            return True
+        return self.board.array[w.slot] == number
 
     def _drain(self, w: Worker) -> list[Event]:
         events: list[Event] = []
@@ -260,6 +281,8 @@ class Pool:
             return Event(w, msg)
         job = w.job
         if isinstance(msg, (Done, Failed, Deferred, Gone)):
+            if job is not None:
+                w.numbers.pop(job.id, None)
             now = time.monotonic()
             w.last_job_seconds = now - w.job_started
             w.jobs_done += 1
@@ -282,6 +305,7 @@ class Pool:
         w.state = WorkerState.DEAD
         w.job = None
         w.ahead.clear()
+        w.numbers.clear()
         if w in self.workers:
             self.workers.remove(w)
             self.board.release(w.slot)

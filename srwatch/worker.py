@@ -40,21 +40,25 @@ def _die_with_parent() -> None:
 
 
 class BoardSlot:
-    """This worker's byte on the pool's busy board (pool.BusyBoard): set while it holds a job."""
+    """This worker's place on the pool's busy board (pool.BusyBoard): the job it holds, 0 for none."""
 
     def __init__(self, board: Optional[Any], slot: int) -> None:
+        import numpy as np  # here: the supervisor imports this module too, and needs no numpy
+
         self.board = board if slot >= 0 else None
         self.slot = slot
+        self._all = np.frombuffer(board, dtype=np.int64) if self.board is not None else None
 
-    def set(self, busy: bool) -> None:
+    def hold(self, number: int) -> None:
+        """The job of this dispatch number is taken (0: none any more)."""
         if self.board is not None:
-            self.board[self.slot] = int(busy)
+            self.board[self.slot] = number
 
     def others_busy(self) -> bool:
         """Whether another worker of the pool holds a job now."""
-        if self.board is None:
+        if self._all is None:
             return False
-        return bytes(self.board).count(1) - (self.board[self.slot] == 1) > 0
+        return int((self._all != 0).sum()) - int(self._all[self.slot] != 0) > 0
 
 
 def worker_main(cfg: Config, threads: int, conn: Connection, board: Optional[Any] = None, slot: int = -1) -> None:
@@ -95,18 +99,19 @@ def worker_main(cfg: Config, threads: int, conn: Connection, board: Optional[Any
             return
         if item is None:  # the sentinel: retire
             return
-        job, job_cfg, crowded = item
+        job, job_cfg, crowded, number = item
+        mine.hold(number)  # first: from here on a crash is this job's, not the previous one's
         try:
             for_job = processors.get(job_cfg)
         except Exception as exc:  # noqa: BLE001 - e.g. its cache folder cannot be opened: not the file's fault
+            mine.hold(0)
             conn.send(Deferred(job.id, f"cannot prepare for {job_cfg.name}: {type(exc).__name__}: {exc}"))
             continue
-        mine.set(True)
         processors.engine.start_job(crowded)
         result = execute(for_job, job_cfg, job)
         if isinstance(result, Done) and processors.engine.threads_used:
             result = replace(result, threads=tuple(sorted(processors.engine.threads_used)))
-        mine.set(False)
+        mine.hold(0)
         conn.send(result)
 
 

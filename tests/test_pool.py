@@ -1,0 +1,63 @@
+"""The pool's supervision rules, with fake worker processes (tests/fake_workers.py): real
+processes, real pipes and a real busy board, no model."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import fake_workers
+from srwatch.claim import Job
+from srwatch.config import parse_config
+from srwatch.pool import Event, Pool, WorkerState
+
+
+def _cfg(root: Path):
+    for name in ("inbox", "outbox", "quarantine", "archive", "work"):
+        (root / name).mkdir(exist_ok=True)
+    raw = {"paths": {k: str(root / k) for k in ("inbox", "outbox", "quarantine", "archive", "work")},
+           "model": {"path": str(root / "model.onnx")}}
+    return parse_config(raw, root)
+
+
+def _job(root: Path, name: str) -> Job:
+    return Job(id=name, rel=f"{name}.png", job_dir=root / "work" / name, claimed_at="-", attempts=1)
+
+
+def _events_until_death(pool: Pool, timeout: float = 30.0) -> list[Event]:
+    events: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while not any(e.msg is None for e in events):
+        assert time.monotonic() < deadline, f"no death reported: {events}"
+        events += pool.wait(0.1)
+    return events
+
+
+@pytest.mark.parametrize("target, charged", [
+    (fake_workers.dies_between_files, None),  # the second job never left the pipe
+    (fake_workers.dies_on_second_file, "second"),  # the second job was running
+])
+def test_a_worker_dying_between_two_files_is_charged_only_for_a_file_it_took(tmp_path: Path, target, charged) -> None:
+    requeued: list[Job] = []
+    cfg = _cfg(tmp_path)
+    pool = Pool(requeue=requeued.append, prefetch=1, target=target)
+    worker = pool.spawn(cfg, generation=1, threads=1)
+    try:
+        deadline = time.monotonic() + 60
+        while worker.state is not WorkerState.IDLE:
+            assert time.monotonic() < deadline, "the fake worker never said Ready"
+            pool.wait(0.1)
+        first, second = _job(tmp_path, "first"), _job(tmp_path, "second")
+        assert pool.dispatch(worker, first, cfg)
+        assert pool.dispatch(worker, second, cfg)  # sent ahead, waiting in the pipe
+        events = _events_until_death(pool)
+    finally:
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(timeout=10)
+    assert [e.job.id for e in events if e.msg is not None] == ["first"]
+    [death] = [e for e in events if e.msg is None]
+    assert (death.job.id if death.job else None) == charged
+    assert [j.id for j in requeued] == ([] if charged else ["second"])
+    assert pool.board.array[worker.slot] == 0 and worker not in pool.workers
