@@ -23,25 +23,25 @@ def _wait_for_next(conn, timeout: float = 30.0) -> None:
             os._exit(4)
 
 
-def dies_between_files(cfg, threads, conn, board, slot) -> None:
-    """Finishes its first job, then dies before taking the next one from its pipe."""
+def _first_job_then_wait(conn, board, slot) -> None:
+    """Ready; take the first job, wait until the next one is sent ahead, report the first done."""
     conn.send(Ready(scale=3, load_seconds=0.0))
     job, _cfg, _crowded, number = conn.recv()
     board[slot] = number
     _wait_for_next(conn)
     board[slot] = 0
     conn.send(_done(job))
+
+
+def dies_between_files(cfg, threads, conn, board, slot) -> None:
+    """Finishes its first job, then dies before taking the next one from its pipe."""
+    _first_job_then_wait(conn, board, slot)
     os._exit(3)
 
 
 def dies_on_second_file(cfg, threads, conn, board, slot) -> None:
     """Finishes its first job, takes the next one, and dies running it."""
-    conn.send(Ready(scale=3, load_seconds=0.0))
-    job, _cfg, _crowded, number = conn.recv()
-    board[slot] = number
-    _wait_for_next(conn)
-    board[slot] = 0
-    conn.send(_done(job))
+    _first_job_then_wait(conn, board, slot)
     _job, _cfg, _crowded, number = conn.recv()
     board[slot] = number
     os._exit(3)
