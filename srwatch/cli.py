@@ -188,7 +188,7 @@ def cmd_check_config(config: Path, load_model: bool) -> int:
                 raise ConfigError(f"{key_prefix}model.path: {exc}") from None
             loaded[key] = f"x{processor.scale}, engine {processor.engine.name}: loaded and tested"
         lines.append(f"{indent}{'model':18} {cfg.model.path} ({loaded[key]})")
-        crowded = cfg.crowded_threads() if cfg.pool.backend == "local" else None
+        crowded = cfg.crowded_threads()
         lines.append(f"{indent}{'pool':18} {workers} worker(s) x {threads} thread(s)"
                      + (f" ({crowded} while others are busy)" if crowded else "")
                      + (" (shared with the profiles of the same model)" if key_prefix else ""))

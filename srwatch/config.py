@@ -394,11 +394,13 @@ class Config(_Section):
     def crowded_threads(self) -> Optional[int]:
         """Threads per worker for a file that shares the CPUs with other workers' files, or None.
 
-        With the auto layout and OpenVINO, a worker runs a file alone on its two threads, and
-        on one while other workers are busy too (or more files wait): two-thread workers busy
-        together were 3-4 % slower than one-thread ones (benchmarks/README.md).
+        With the auto layout, local workers and OpenVINO, a worker runs a file alone on its two
+        threads, and on one while other workers are busy too (or more files wait): two-thread
+        workers busy together were 3-4 % slower than one-thread ones (benchmarks/README.md).
+        Ray actors keep fixed threads.
         """
-        if self.pool.workers != "auto" or self.pool.threads_per_worker != "auto" or self.model is None:
+        if (self.pool.workers != "auto" or self.pool.threads_per_worker != "auto" or self.model is None
+                or self.pool.backend != "local"):
             return None
         workers, threads = self.worker_layout()
         if workers < 2 or threads < 2 or resolve_engine(self.model) != "openvino":

@@ -234,7 +234,7 @@ class Daemon:
         loads = [w.load_seconds for w in self.pool.workers if w.load_seconds is not None]
         for folder in self.folders:
             workers, threads = self.groups[folder.group].size
-            crowded = folder.cfg.crowded_threads() if folder.cfg.pool.backend == "local" else None
+            crowded = folder.cfg.crowded_threads()
             log.info(
                 "srwatch ready: watching %s (%s), %d worker(s) x %d thread(s)%s, model %s (loaded in %.1f s)%s",
                 folder.cfg.paths.inbox, "polling" if folder.cfg.watch.polling else "inotify", workers, threads,
@@ -487,9 +487,10 @@ class Daemon:
             else:
                 extra = f", {' ; '.join(msg.notes)}" if msg.notes else ""
                 stages = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in msg.stages.items())
-                if msg.threads:  # the inference threads it ran on
-                    counts = " to ".join(map(str, (msg.threads[0], msg.threads[-1])[: 1 + (len(msg.threads) > 1)]))
-                    stages += f"; {counts} thread{'s' if msg.threads[-1] > 1 else ''}"
+                if msg.threads:  # the inference threads it ran on: "1 thread", "2 threads", "1 to 2 threads"
+                    fewest, most = msg.threads[0], msg.threads[-1]
+                    counts = str(most) if fewest == most else f"{fewest} to {most}"
+                    stages += f"; {counts} thread{'s' if most > 1 else ''}"
                 log.info(
                     "done %s -> %s (%dx%d -> %dx%d, %.2f s%s%s; %s; %s; %s)", shown, msg.output, *msg.input_size,
                     *msg.output_size, msg.seconds, ", cached" if msg.cached else "", extra, _kb(job),

@@ -157,8 +157,10 @@ class _Pending:
     stable_since: float  # monotonic time since which size and mtime are unchanged
     checked_at: float
     closed_at: Optional[float] = None  # monotonic time of the last close-after-write / rename-in
-    renamed: bool = False  # that was a rename into the inbox (no writer seen since)
-    leases: bool = False  # the writer check can answer for it (asked once, when it was renamed in)
+    # Renamed into the inbox (no writer seen since) where the writer check can answer for it:
+    # decided once, when the rename is noted, not with an lstat per loop tick (a burst of
+    # 10,000 renames). A filesystem found without leases later sends it back through confirm().
+    renamed: bool = False
     fast: bool = False  # handed out on the rename alone: the writer check must answer for it
     not_before: float = 0.0  # monotonic: found open for writing, ask again no sooner than this
     writing_since: Optional[float] = None  # monotonic: first found unchanged but open for writing
@@ -167,29 +169,29 @@ class _Pending:
     def candidate(self, path: Path) -> Candidate:
         return Candidate(path, self.kind, self.ino, self.size, self.mtime_ns)
 
-    def can_skip_quiet(self, leases: bool) -> bool:
+    def can_skip_quiet(self) -> bool:
         """A non-empty file renamed into place, where the writer check can vouch for it.
 
         Empty is excluded: a writer's fresh file is empty in the instant between its creation
         and its open, when no check can see the writer yet.
         """
-        return leases and self.renamed and self.kind == "file" and self.size > 0
+        return self.renamed and self.kind == "file" and self.size > 0
 
-    def ready_at(self, settle: float, leases: bool) -> float:
-        """When the timing rule (or, with `leases`, the rename) says it is complete."""
+    def ready_at(self, settle: float) -> float:
+        """When the timing rule (or, for a vouched-for rename, RENAME_QUIET) says it is complete."""
         at = self.stable_since + settle
         if self.closed_at is not None:
-            quiet = RENAME_QUIET if self.can_skip_quiet(leases) else CLOSE_QUIET
+            quiet = RENAME_QUIET if self.can_skip_quiet() else CLOSE_QUIET
             at = min(at, max(self.stable_since, self.closed_at) + quiet)
         return at
 
-    def next_check(self, settle: float, leases: bool = False) -> float:
+    def next_check(self, settle: float) -> float:
         """When to lstat it next: every CHECK_EVERY, and just as its quiet time would be up.
 
         Checking only every CHECK_EVERY made a 0.3 s quiet time 0.5 s whenever the check
         before fell just short of it.
         """
-        due = min(self.checked_at + CHECK_EVERY, self.ready_at(settle, leases) + DUE_MARGIN)
+        due = min(self.checked_at + CHECK_EVERY, self.ready_at(settle) + DUE_MARGIN)
         return max(due, self.not_before)
 
 
@@ -323,8 +325,7 @@ class Settler:
             # Complete as far as the writer is concerned: a close after writing, or a rename
             # into place (a creation without an open). Still checked for quiet before taken.
             entry.closed_at = now if at is None else min(at, now)
-            entry.renamed = kind != "closed"
-            entry.leases = entry.renamed and self._leases(path)
+            entry.renamed = kind != "closed" and self._leases(path)
             entry.checked_at = 0.0
             entry.not_before = 0.0
         elif kind == "opened":
@@ -333,22 +334,13 @@ class Settler:
 
     def next_due(self) -> Optional[float]:
         """The monotonic time the next entry is worth checking, or None with nothing settling."""
-        return min((e.next_check(self.settle, self._may_skip(p, e)) for p, e in self.pending.items()),
-                   default=None)
-
-    @staticmethod
-    def _may_skip(path: Path, entry: _Pending) -> bool:
-        # Decided when the rename was noted, not per loop tick: a burst of 10,000 renames would
-        # otherwise cost an lstat per file per tick. A filesystem found without leases later
-        # sends its entries back through confirm(), once.
-        return entry.renamed and entry.leases
+        return min((e.next_check(self.settle) for e in self.pending.values()), default=None)
 
     def ready(self, now: float) -> list[Candidate]:
         """Entries that are complete now (removed from pending), in the order first seen."""
         done: list[Candidate] = []
         for path, entry in list(self.pending.items()):
-            leases = self._may_skip(path, entry)
-            if now < entry.next_check(self.settle, leases):
+            if now < entry.next_check(self.settle):
                 continue
             entry.checked_at = now
             seen = _lstat(path)
@@ -366,7 +358,7 @@ class Settler:
             quiet = now - entry.stable_since
             closed = entry.closed_at is not None and now - entry.closed_at >= CLOSE_QUIET
             timed = quiet >= self.settle or (closed and quiet >= CLOSE_QUIET)
-            if timed or now + DUE_MARGIN >= entry.ready_at(self.settle, leases):
+            if timed or now + DUE_MARGIN >= entry.ready_at(self.settle):
                 entry.fast = not timed
                 del self.pending[path]
                 if self.writer_check:

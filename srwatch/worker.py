@@ -87,7 +87,6 @@ def worker_main(cfg: Config, threads: int, conn: Connection, board: Optional[Any
         try:
             processor.engine.prepare_crowded(crowded_threads, mine.others_busy)
         except Exception as exc:  # noqa: BLE001 - a second compile failing costs speed, not files
-            processor.engine.crowded_threads = None  # never tried again on a file
             log.warning("cannot prepare %d-thread inference for busy times (%s); every file uses %d",
                         crowded_threads, exc, processor.engine.threads)
     conn.send(Ready(scale=processor.scale, load_seconds=time.monotonic() - started))

@@ -212,7 +212,7 @@ class Engine(abc.ABC):
     def start_job(self, crowded: bool) -> None:
         """A new file: its first inference is crowded if the supervisor said so (files were waiting)."""
         self._crowded_hint = crowded
-        self.threads_used: set[int] = set()
+        self.threads_used = set()
 
     def _pick_threads(self) -> None:
         """Before an inference: crowded_threads for a one-piece image while others are busy, else self.threads."""

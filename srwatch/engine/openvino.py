@@ -167,11 +167,19 @@ class OpenVINOEngine(Engine):
         return {**self.config, "INFERENCE_NUM_THREADS": threads}
 
     def prepare_crowded(self, threads: int, others_busy: Callable[[], bool]) -> None:
-        """Also compile for `threads` (fewer) now, not on the first file that finds the others busy."""
+        """Also compile for `threads` (fewer) now, not on the first file that finds the others busy.
+
+        If that compile fails, the engine stays on its fixed threads (and the error is raised):
+        no file ever asks for the missing model.
+        """
         super().prepare_crowded(threads, others_busy)
         if self.crowded_threads is not None and self.crowded_threads not in self._dynamic:
             if self._dynamic.get(self.threads) is not False:  # else compiled per input size, as it comes
-                self._dynamic[self.crowded_threads] = self._compile_dynamic(self.crowded_threads)
+                try:
+                    self._dynamic[self.crowded_threads] = self._compile_dynamic(self.crowded_threads)
+                except BaseException:
+                    self.crowded_threads = None
+                    raise
 
     def _compile_dynamic(self, threads: int) -> Any:
         """The model compiled with dynamic height and width, or False if this graph cannot be."""
@@ -202,9 +210,10 @@ class OpenVINOEngine(Engine):
         """Run on an NCHW blob; returns NCHW float32.
 
         A colour graph on an input of ALIGN_FROM_PIXELS or more runs on the blob reflect-padded
-        at the bottom and right to a multiple of ALIGN, and its output is cropped back: OpenVINO's bf16 convolutions of the EDSR family
-        run up to 2x slower on other sizes (benchmarks/README.md, "Aligned sizes"). Only pixels
-        within the receptive field of those two edges change, as they would with any padding.
+        at the bottom and right to a multiple of ALIGN, and its output is cropped back:
+        OpenVINO's bf16 convolutions of the EDSR family run up to 2x slower on other sizes
+        (benchmarks/README.md, "Aligned sizes"). Only pixels within the receptive field of
+        those two edges change, as they would with any padding.
         """
         height, width = blob.shape[2:]
         align = 1 if self.info.luma_only or height * width < ALIGN_FROM_PIXELS else ALIGN
