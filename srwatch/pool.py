@@ -1,16 +1,16 @@
 """The supervisor's side of the worker pool: start, feed, watch and stop worker processes.
 
-Each worker has its own pipe, so the supervisor always knows which file a worker holds; a
+Each worker has its own pipe, so the supervisor always knows which files a worker holds; a
 worker that dies is noticed through its process sentinel. A worker busy with short jobs gets
-its next one sent ahead (`pool.prefetch`): it waits in the pipe, so the worker starts it the
-moment it sends its result instead of waiting for the supervisor to take the result in,
-write the next job's record and send it (2.6 ms median, 8 ms p90 per file measured, about a
-tenth of a fast model's cycle on a small image). Workers are started with the
-'spawn' method: forking a process whose OpenCV has started threads can deadlock. The
-child's code lives in worker.py; what crosses the pipe in messages.py. Besides the pipes, the
-workers share one thing: the busy board, a number per worker that says which file it holds,
-which the others read to choose their thread count and the pool reads when a worker dies (a
-file still unread in its pipe is not the one it died on): BusyBoard.
+its next one sent ahead (`pool.prefetch`): it waits in the pipe, so the worker starts
+computing it the moment it has computed the one before, while its delivery thread still
+writes that one's output (worker.Delivery), instead of waiting for the supervisor to take a
+result in and send the next job. Workers are started with the 'spawn' method: forking a
+process whose OpenCV has started threads can deadlock. The child's code lives in worker.py;
+what crosses the pipe in messages.py. Besides the pipes, the workers share one thing: the
+busy board, two numbers per worker that say which file it computes and which it delivers,
+which the others read to choose their thread count and the pool reads when a worker dies
+(the file it computed is the one it died on; one still unread in its pipe is not): BusyBoard.
 
 A worker's state is changed here only (spawn, ready, dispatch, result, retire, death).
 """
@@ -49,27 +49,35 @@ BOARD_SLOTS = 256
 
 
 class BusyBoard:
-    """One shared number per worker process: the dispatch number of the job it holds, 0 when none.
+    """Two shared numbers per worker process: the dispatch numbers of the job it computes and of
+    the job it delivers, 0 for none.
 
-    Each worker writes only its own slot (worker.py), the moment it takes a job from its pipe
-    and after it sent the result; the pool hands slots out and clears the slot of a worker that
-    is gone. Workers read the board before an inference to run on fewer threads while others
-    are busy (engine.prepare_crowded); the pool reads a dead worker's slot to tell the job it
-    was running from one still waiting in its pipe (started()).
+    Each worker writes only its own pair (worker.BoardSlot): computing the moment it takes a
+    job from its pipe, delivering when it hands the job to its delivery thread (before
+    computing is cleared), 0 after the result is sent; the pool hands pairs out and clears the
+    pair of a worker that is gone. Workers read the others' computing numbers before an
+    inference to run on fewer threads while others are busy (engine.prepare_crowded); the pool
+    reads a dead worker's pair to tell which job it died on (died_on()).
     """
 
+    COMPUTING, DELIVERING = 0, 1  # a slot's two lanes: array[2 * slot + lane]
+
     def __init__(self, size: int = BOARD_SLOTS) -> None:
-        self.array = _CTX.RawArray("q", size)
+        self.array = _CTX.RawArray("q", 2 * size)
         self._free = list(range(size - 1, -1, -1))
 
     def take(self) -> int:
         """A free slot, or -1 when all are taken (that worker then never counts as busy)."""
         return self._free.pop() if self._free else -1
 
+    def lane(self, slot: int, lane: int) -> int:
+        """The number a worker's slot holds in `lane` (0: none)."""
+        return int(self.array[2 * slot + lane])
+
     def release(self, slot: int) -> None:
         """The slot of a worker that is gone: cleared (it may have died busy) and free again."""
         if slot >= 0:
-            self.array[slot] = 0
+            self.array[2 * slot] = self.array[2 * slot + 1] = 0
             self._free.append(slot)
 
 
@@ -182,9 +190,10 @@ class Pool:
     def dispatch(self, worker: Worker, job: Job, cfg: Config, more_waiting: bool = False) -> bool:
         """Hand `job` (with its hot folder's config) to a worker with room; False if the worker just died.
 
-        An idle worker starts it at once; a busy one (see _has_room) after the job it runs. A
-        death is reported by wait(). The config travels with the job, so hot folders that share
-        a model share workers, and a reload that changes only output settings restarts nothing.
+        An idle worker starts it at once; a busy one (see _has_room) once it has computed the job
+        it runs (while it delivers that one). A death is reported by wait(). The config travels
+        with the job, so hot folders that share a model share workers, and a reload that
+        changes only output settings restarts nothing.
         With it goes whether the job will share the CPUs (other workers hold jobs, or
         `more_waiting` files wait): a worker that can runs it on fewer threads then.
         """
@@ -243,23 +252,31 @@ class Pool:
         for w in dead:
             events.extend(self._drain(w))  # what it sent before dying (e.g. Done, then a crash on exit)
             w.process.join(timeout=1)
-            job = w.job
-            if job is not None and not self.started(w, job):
-                # Its previous result came, and it died before taking this one from its pipe:
-                # not this file's crash. Back first in its queue (after the ones behind it).
-                w.ahead.appendleft(job)
-                job = None
+            held = ([w.job] if w.job is not None else []) + list(w.ahead)
+            job = self.died_on(w, held)
+            # Every other file it held goes back first in its queue, uncharged: one still unread
+            # in its pipe, or one it was delivering while it computed the one it died on.
+            w.job, w.ahead = None, deque(j for j in held if j is not job)
             events.append(Event(w, None, job))
             self._give_back(w)
             self._bury(w)
         return events
 
-    def started(self, w: Worker, job: Job) -> bool:
-        """Whether `w` took `job` from its pipe (its slot on the busy board says so); True if it cannot tell."""
-        number = w.numbers.get(job.id)
-        if w.slot < 0 or number is None:
-            return True
-        return self.board.array[w.slot] == number
+    def died_on(self, w: Worker, held: list[Job]) -> Optional[Job]:
+        """Of the jobs a dead worker held, the one its death is charged to (None: it had taken none).
+
+        The job it was computing (decode, inference, encode: where a bad file crashes a
+        process); if none, the job it was delivering. Without a board slot it cannot tell:
+        the oldest.
+        """
+        if w.slot < 0:
+            return held[0] if held else None
+        by_number = {w.numbers[j.id]: j for j in held if j.id in w.numbers}
+        for lane in (BusyBoard.COMPUTING, BusyBoard.DELIVERING):
+            job = by_number.get(self.board.lane(w.slot, lane))
+            if job is not None:
+                return job
+        return None
 
     def _drain(self, w: Worker) -> list[Event]:
         events: list[Event] = []

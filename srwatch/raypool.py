@@ -340,7 +340,7 @@ class RayPool:
         try:
             result = sink.resume(cfg, job)
             data = read_claimed(job.path, cfg.limits, job.size) if result is None else b""
-        except Exception as exc:  # noqa: BLE001 - as worker.execute: the file's fault, a folder's, or a bug
+        except Exception as exc:  # noqa: BLE001 - as worker.compute: the file's fault, a folder's, or a bug
             result, data = settle_error(cfg, job, exc), b""
         read = time.monotonic() - sent
         if result is not None:
@@ -436,7 +436,7 @@ class RayPool:
             # Seconds from when it became the running job (a prefetched one waited behind another).
             started = max(call.sent, w.job_started)
             return deliver(call.cfg, call.job, replace(rendered, stages=stages), w.scale, started), None
-        except Exception as exc:  # noqa: BLE001 - as worker.execute
+        except Exception as exc:  # noqa: BLE001 - as worker.finish
             return settle_error(call.cfg, call.job, exc), None
 
     def _finished(self, w: RayWorker, result: JobResult) -> list[Event]:

@@ -1,17 +1,23 @@
-"""The worker process: load the engine once, then take one job at a time from the supervisor.
+"""The worker process: load the engine once, then take jobs one at a time from the supervisor.
 
 This is the child's side of the process boundary (the supervisor's side is pool.py). Every
 job ends in exactly one message: Done, Failed (quarantined), Deferred (a folder could not
 take a write; the job stays claimed) or Gone. Nothing on a job's path escapes as a crash.
+A job has two halves: computing (read, decode, infer, encode: compute()) in the main thread,
+then delivering (outbox, archive: finish()) in the delivery thread, so the next job's
+computing overlaps this one's waits on the disk (Delivery).
 """
 from __future__ import annotations
 
 import ctypes
 import datetime
 import logging
+import os
+import queue
 import signal
+import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -40,25 +46,31 @@ def _die_with_parent() -> None:
 
 
 class BoardSlot:
-    """This worker's place on the pool's busy board (pool.BusyBoard): the job it holds, 0 for none."""
+    """This worker's two places on the pool's busy board (pool.BusyBoard): the job it computes
+    (decode, inference, encode) and the job it delivers; 0 for none."""
 
     def __init__(self, board: Optional[Any], slot: int) -> None:
         import numpy as np  # here: the supervisor imports this module too, and needs no numpy
 
         self.board = board if slot >= 0 else None
         self.slot = slot
-        self._all = np.frombuffer(board, dtype=np.int64) if self.board is not None else None
+        self._computing = np.frombuffer(board, dtype=np.int64)[0::2] if self.board is not None else None
 
-    def hold(self, number: int) -> None:
-        """The job of this dispatch number is taken (0: none any more)."""
+    def computing(self, number: int) -> None:
+        """The job of this dispatch number is being computed (0: none any more)."""
         if self.board is not None:
-            self.board[self.slot] = number
+            self.board[2 * self.slot] = number
+
+    def delivering(self, number: int) -> None:
+        """The job of this dispatch number is being delivered (0: none any more)."""
+        if self.board is not None:
+            self.board[2 * self.slot + 1] = number
 
     def others_busy(self) -> bool:
-        """Whether another worker of the pool holds a job now."""
-        if self._all is None:
+        """Whether another worker of the pool computes a job now (a delivery is mostly waiting on the disk)."""
+        if self._computing is None:
             return False
-        return int((self._all != 0).sum()) - int(self._all[self.slot] != 0) > 0
+        return int((self._computing != 0).sum()) - int(self._computing[self.slot] != 0) > 0
 
 
 def worker_main(cfg: Config, threads: int, conn: Connection, board: Optional[Any] = None, slot: int = -1) -> None:
@@ -91,27 +103,125 @@ def worker_main(cfg: Config, threads: int, conn: Connection, board: Optional[Any
                         crowded_threads, exc, processor.engine.threads)
     conn.send(Ready(scale=processor.scale, load_seconds=time.monotonic() - started))
     processors = Processors(processor)
-    while True:
-        try:
-            item = conn.recv()
-        except (EOFError, OSError):
-            return
-        if item is None:  # the sentinel: retire
-            return
-        job, job_cfg, crowded, number = item
-        mine.hold(number)  # first: from here on a crash is this job's, not the previous one's
-        try:
-            for_job = processors.get(job_cfg)
-        except Exception as exc:  # noqa: BLE001 - e.g. its cache folder cannot be opened: not the file's fault
-            mine.hold(0)
-            conn.send(Deferred(job.id, f"cannot prepare for {job_cfg.name}: {type(exc).__name__}: {exc}"))
-            continue
-        processors.engine.start_job(crowded)
-        result = execute(for_job, job_cfg, job)
-        if isinstance(result, Done) and processors.engine.threads_used:
-            result = replace(result, threads=tuple(sorted(processors.engine.threads_used)))
-        mine.hold(0)
-        conn.send(result)
+    delivery = Delivery(conn, mine)
+    try:
+        while not delivery.broken:
+            try:
+                item = conn.recv()
+            except (EOFError, OSError):
+                return
+            if item is None:  # the sentinel: retire (after the delivery in hand)
+                return
+            job, job_cfg, crowded, number = item
+            mine.computing(number)  # first: from here on a crash is this job's, not the previous one's
+            log.debug("computing %s", job.rel)
+            delivery.hand(number, compute(processors, job_cfg, job, crowded))
+    finally:
+        delivery.close()
+
+
+@dataclass
+class Computed:
+    """A job after the worker's computing half: the rendered output to deliver, or already its result."""
+
+    job: Job
+    cfg: Config
+    started: float  # monotonic, when the job was taken
+    scale: int
+    rendered: Optional["Rendered"] = None
+    result: Optional[JobResult] = None  # set when there is nothing to deliver (resumed, failed, deferred)
+    error: Optional[BaseException] = None  # the file's fault or a bug: settled (quarantined) by the delivery
+    threads: tuple[int, ...] = ()
+
+
+def compute(processors: "Processors", cfg: Config, job: Job, crowded: bool) -> Computed:
+    """The CPU half of a job: resume an earlier attempt's delivery, or read, decode, infer and encode."""
+    started = time.monotonic()
+    try:
+        processor = processors.get(cfg)
+    except Exception as exc:  # noqa: BLE001 - e.g. its cache folder cannot be opened: not the file's fault
+        return Computed(job, cfg, started, processors.engine.scale,
+                        result=Deferred(job.id, f"cannot prepare for {cfg.name}: {type(exc).__name__}: {exc}"))
+    processors.engine.start_job(crowded)
+    done = Computed(job, cfg, started, processor.scale)
+    try:
+        done.result = sink.resume(cfg, job)  # an earlier attempt may have delivered it already
+        if done.result is None:
+            done.rendered = processor.process(job.path, max_bytes=job.size)
+    except Exception as exc:  # noqa: BLE001 - JobError is the file's fault; anything else a bug: neither loses it
+        done.error = exc
+    done.threads = tuple(sorted(processors.engine.threads_used))
+    return done
+
+
+def finish(done: Computed) -> JobResult:
+    """The I/O half of a job: its output into the outbox, the original archived; or its error settled."""
+    if done.result is not None:
+        return done.result
+    try:
+        if done.error is not None:
+            raise done.error
+        assert done.rendered is not None
+        result: JobResult = deliver(done.cfg, done.job, done.rendered, done.scale, done.started)
+    except Exception as exc:  # noqa: BLE001 - as in compute(): nothing on a job's path escapes
+        return settle_error(done.cfg, done.job, exc)
+    if isinstance(result, Done) and done.threads:
+        result = replace(result, threads=done.threads)
+    return result
+
+
+class Delivery:
+    """The worker's delivery thread: while it writes, fsyncs and links one job's output and
+    archives its original, the main thread computes the next job (sent ahead by the pool).
+
+    A job's deliver and archive steps wait on the disk (six fsyncs: 8-12 ms per small file
+    here, far more on a slow disk or a network share) and would leave the worker's core idle. One
+    job at a time here, in the order handed, so results reach the supervisor in the order the
+    jobs were sent. The board says which job is where, so the pool knows what a dead worker
+    was computing and what it was delivering.
+    """
+
+    def __init__(self, conn: Connection, mine: BoardSlot) -> None:
+        self.conn = conn
+        self.mine = mine
+        self.broken = False  # the pipe to the supervisor is gone: the worker stops
+        self._free = threading.Semaphore(1)
+        self._jobs: "queue.SimpleQueue[Optional[Computed]]" = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="delivery", daemon=True)
+        self._thread.start()
+
+    def hand(self, number: int, done: Computed) -> None:
+        """Deliver `done` (dispatch `number`) once the previous job is delivered; returns at once then."""
+        self._free.acquire()
+        # Delivering before computing is cleared: the job is never off the board while held.
+        self.mine.delivering(number)
+        self.mine.computing(0)
+        self._jobs.put(done)
+
+    def close(self) -> None:
+        """Finish the delivery in hand, then end the thread."""
+        self._free.acquire()
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            done = self._jobs.get()
+            if done is None:
+                return
+            try:
+                result = finish(done)
+                log.debug("delivered %s: %s", done.job.rel, type(result).__name__)
+                try:
+                    self.conn.send(result)
+                except (OSError, ValueError):
+                    self.broken = True
+                self.mine.delivering(0)
+            except BaseException:  # noqa: BLE001 - a bug of ours: die, so the pool sees a crash, not a stall
+                log.exception("delivery of %s failed unexpectedly; worker exits", done.job.rel)
+                os._exit(70)
+            done = result = None  # let go of the output now, not when the next job comes
+            self._free.release()
 
 
 class Processors:
@@ -138,23 +248,10 @@ def _settings(cfg: Config) -> str:
     return cfg.model_dump_json(include={"output", "limits", "preshrink", "cache", "metrics"}) + str(cfg.cache_dir)
 
 
-def execute(processor, cfg: Config, job: Job) -> JobResult:
-    """Process one claimed file to its one final place: outbox + archive, or quarantine."""
-    started = time.monotonic()
-    try:
-        finished = sink.resume(cfg, job)  # an earlier attempt may have delivered it already
-        if finished is not None:
-            return finished
-        rendered = processor.process(job.path, max_bytes=job.size)
-        return deliver(cfg, job, rendered, processor.scale, started)
-    except Exception as exc:  # noqa: BLE001 - JobError is the file's fault; anything else a bug: neither loses it
-        return settle_error(cfg, job, exc)
-
-
 def deliver(cfg: Config, job: Job, rendered: "Rendered", scale: int, started: float) -> Done:
     """The sink side of a rendered job: output into the outbox, original archived, job released.
 
-    Shared by the local workers (execute) and the Ray supervisor (raypool), so both keep the
+    Shared by the local workers (finish) and the Ray supervisor (raypool), so both keep the
     same exactly-once steps. `started` is monotonic; raises like the sink (settle_error maps it).
     """
     stages = dict(rendered.stages)

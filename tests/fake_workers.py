@@ -1,7 +1,7 @@
 """Fake worker processes for the pool's supervision rules (the real one is srwatch.worker.worker_main).
 
 Each takes worker_main's arguments, speaks the same messages and marks the busy board the same
-way, but does no image work: it only acts out one way of dying.
+way (worker.BoardSlot), but does no image work: it only acts out one way of dying.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import time
 
 from srwatch.messages import Done, Ready
+from srwatch.worker import BoardSlot
 
 
 def _done(job) -> Done:
@@ -23,14 +24,29 @@ def _wait_for_next(conn, timeout: float = 30.0) -> None:
             os._exit(4)
 
 
-def _first_job_then_wait(conn, board, slot) -> None:
-    """Ready; take the first job, wait until the next one is sent ahead, report the first done."""
-    conn.send(Ready(scale=3, load_seconds=0.0))
+def _take(conn, mine: BoardSlot) -> tuple:
+    """Take the next job from the pipe and start computing it (as worker_main does); (job, number)."""
     job, _cfg, _crowded, number = conn.recv()
-    board[slot] = number
+    mine.computing(number)
+    return job, number
+
+
+def _hand_to_delivery(mine: BoardSlot, number: int) -> None:
+    """What worker.Delivery.hand marks: delivering first, then computing cleared."""
+    mine.delivering(number)
+    mine.computing(0)
+
+
+def _first_job_then_wait(conn, board, slot) -> BoardSlot:
+    """Ready; take the first job, wait until the next one is sent ahead, report the first done."""
+    mine = BoardSlot(board, slot)
+    conn.send(Ready(scale=3, load_seconds=0.0))
+    job, number = _take(conn, mine)
     _wait_for_next(conn)
-    board[slot] = 0
+    _hand_to_delivery(mine, number)
     conn.send(_done(job))
+    mine.delivering(0)
+    return mine
 
 
 def dies_between_files(cfg, threads, conn, board, slot) -> None:
@@ -40,8 +56,29 @@ def dies_between_files(cfg, threads, conn, board, slot) -> None:
 
 
 def dies_on_second_file(cfg, threads, conn, board, slot) -> None:
-    """Finishes its first job, takes the next one, and dies running it."""
-    _first_job_then_wait(conn, board, slot)
-    _job, _cfg, _crowded, number = conn.recv()
-    board[slot] = number
+    """Finishes its first job, takes the next one, and dies computing it."""
+    mine = _first_job_then_wait(conn, board, slot)
+    _take(conn, mine)
+    os._exit(3)
+
+
+def dies_computing_while_delivering(cfg, threads, conn, board, slot) -> None:
+    """Computes its first job and hands it to delivery, takes the next one, and dies computing
+    that one while the first is still being delivered (no result sent)."""
+    mine = BoardSlot(board, slot)
+    conn.send(Ready(scale=3, load_seconds=0.0))
+    _job, number = _take(conn, mine)
+    _wait_for_next(conn)
+    _hand_to_delivery(mine, number)
+    _take(conn, mine)
+    os._exit(3)
+
+
+def dies_delivering(cfg, threads, conn, board, slot) -> None:
+    """Computes its first job, hands it to delivery and dies there, the next one unread in its pipe."""
+    mine = BoardSlot(board, slot)
+    conn.send(Ready(scale=3, load_seconds=0.0))
+    _job, number = _take(conn, mine)
+    _wait_for_next(conn)
+    _hand_to_delivery(mine, number)
     os._exit(3)

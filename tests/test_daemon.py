@@ -325,7 +325,8 @@ def test_systemd_notify_ready_status_watchdog_and_stopping(layout: Layout) -> No
 
 def test_short_jobs_are_sent_ahead_and_every_file_ends_once(layout: Layout) -> None:
     """pool.prefetch auto: once a job took under 2 s, the next one waits in the worker's pipe
-    (dispatched before the running one is done), so the worker never waits for the supervisor."""
+    (dispatched before the running one is done), so the worker never waits for the supervisor:
+    it computes the next file while its delivery thread writes the last one out."""
     daemon = start(layout, pool={"workers": 1}, log={"level": "DEBUG"})
     try:
         dropped = {f"s{i}.png": drop(layout.inbox / f"s{i}.png", 40, 30, seed=60 + i) for i in range(8)}
@@ -340,6 +341,12 @@ def test_short_jobs_are_sent_ahead_and_every_file_ends_once(layout: Layout) -> N
     order = sorted(dispatched, key=dispatched.get)
     sent_ahead = [nxt for prev, nxt in zip(order, order[1:]) if dispatched[nxt] < done[prev]]
     assert sent_ahead, f"no file was sent ahead of the one running:\n{log}"
+    # ... and the worker computes it while its delivery thread still writes the one before.
+    lines = log.splitlines()
+    computing = {m.group(1): i for i, line in enumerate(lines) if (m := re.search(r"computing (s\d\.png)$", line))}
+    delivered = {m.group(1): i for i, line in enumerate(lines) if (m := re.search(r"delivered (s\d\.png): Done", line))}
+    overlapped = [nxt for prev, nxt in zip(order, order[1:]) if computing[nxt] < delivered[prev]]
+    assert overlapped, f"no file was computed while the one before was delivered:\n{log}"
 
 
 def test_a_job_sent_ahead_of_a_killed_worker_is_retried_without_counting_an_attempt(layout: Layout) -> None:

@@ -209,7 +209,7 @@ def test_links_planted_in_outbox_archive_and_quarantine_are_never_followed(tmp_p
 
 def test_temp_file_of_a_killed_run_is_swept_at_the_next_start(tmp_path: Path, fault_report) -> None:
     """The worker is frozen the moment its output temp file appears, then it and the daemon are
-    killed: the temp file stays. The next start removes it and finishes the job."""
+    killed: the temp file stays. The next start takes the job again, which removes it."""
     layout = Layout(tmp_path)
     drops: list[Drop] = []
     caught: list[str] = []
@@ -237,9 +237,11 @@ def test_temp_file_of_a_killed_run_is_swept_at_the_next_start(tmp_path: Path, fa
     again = DaemonProcess(daemon.config, layout.root / "daemon2.log")
     try:
         again.start()
+        # The job is live again: its own next attempt removes the temp (the start-up sweep keeps
+        # a live job's temps), so look once that attempt is over, not the moment it is ready.
+        wait_finished(layout, len(drops), 60, [again], "the interrupted job after the restart")
         left = [n for n in entries(layout.outbox) if n in caught]
         assert not left, f"temp files of the killed run are still in the outbox after the restart: {left}"
-        wait_finished(layout, len(drops), 60, [again], "the interrupted job after the restart")
     finally:
         again.close()
     check_and_report(fault_report, "temp file swept after a kill", layout, drops, extra={"caught": len(caught)})

@@ -34,11 +34,15 @@ def _events_until_death(pool: Pool, timeout: float = 30.0) -> list[Event]:
     return events
 
 
-@pytest.mark.parametrize("target, charged", [
-    (fake_workers.dies_between_files, None),  # the second job never left the pipe
-    (fake_workers.dies_on_second_file, "second"),  # the second job was running
+@pytest.mark.parametrize("target, done, charged, requeued_ids", [
+    (fake_workers.dies_between_files, ["first"], None, ["second"]),  # the second job never left the pipe
+    (fake_workers.dies_on_second_file, ["first"], "second", []),  # the second job was being computed
+    # Computing the second while delivering the first: the first goes back uncharged.
+    (fake_workers.dies_computing_while_delivering, [], "second", ["first"]),
+    (fake_workers.dies_delivering, [], "first", ["second"]),  # computing nothing: its delivery is charged
 ])
-def test_a_worker_dying_between_two_files_is_charged_only_for_a_file_it_took(tmp_path: Path, target, charged) -> None:
+def test_a_dead_worker_is_charged_only_for_the_file_it_was_computing(tmp_path: Path, target, done, charged,
+                                                                     requeued_ids) -> None:
     requeued: list[Job] = []
     cfg = _cfg(tmp_path)
     pool = Pool(requeue=requeued.append, prefetch=1, target=target)
@@ -56,8 +60,8 @@ def test_a_worker_dying_between_two_files_is_charged_only_for_a_file_it_took(tmp
         if worker.process.is_alive():
             worker.process.kill()
         worker.process.join(timeout=10)
-    assert [e.job.id for e in events if e.msg is not None] == ["first"]
+    assert [e.job.id for e in events if e.msg is not None] == done
     [death] = [e for e in events if e.msg is None]
     assert (death.job.id if death.job else None) == charged
-    assert [j.id for j in requeued] == ([] if charged else ["second"])
-    assert pool.board.array[worker.slot] == 0 and worker not in pool.workers
+    assert [j.id for j in requeued] == requeued_ids
+    assert pool.board.lane(worker.slot, 0) == pool.board.lane(worker.slot, 1) == 0 and worker not in pool.workers
