@@ -21,18 +21,15 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from srwatch.bench import _percentile  # noqa: E402  (the one srwatch bench reports with)
+from srwatch.bench import _percentile, shipped_config, start_daemon, stop_daemon, wait_ready  # noqa: E402
 from srwatch.watcher import CLOSE_QUIET  # noqa: E402
 
 SLACK = 0.3  # in seconds: the target's allowance on top of settle + inference
@@ -52,25 +49,12 @@ def _image(width: int, height: int, seed: int) -> bytes:
 
 def run(files: int, size: tuple[int, int], root: Path) -> dict:
     """Start the daemon, drop `files` images one at a time, return the figures."""
-    for name in ("inbox", "outbox", "archive", "quarantine", "staging"):
-        (root / name).mkdir(parents=True)
-    raw = yaml.safe_load((REPO / "config" / "srwatch.yaml").read_text())
-    raw["paths"] = {**raw["paths"], **{k: str(root / k) for k in ("inbox", "outbox", "archive", "quarantine")},
-                    "work": str(root / ".work")}
-    raw["log"] = {"level": "INFO", "format": "json"}
-    config = root / "srwatch.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = shipped_config(root, None, {"log": {"level": "INFO", "format": "json"}})
     log_path = root / "daemon.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "srwatch.cli", "run", "-c", str(config)],
-                                stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = start_daemon(config, log_path)
     latencies: dict[str, list[float]] = {"written": [], "renamed": []}
     try:
-        deadline = time.monotonic() + 300
-        while "srwatch ready" not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon did not start:\n{log_path.read_text()}")
-            time.sleep(0.05)
+        wait_ready(proc, log_path, 300)
         time.sleep(1.0)  # let the workers settle into idle
         for i in range(files):
             how = "written" if i % 2 == 0 else "renamed"
@@ -92,8 +76,7 @@ def run(files: int, size: tuple[int, int], root: Path) -> dict:
             latencies[how].append(time.monotonic() - dropped)
             time.sleep(0.5)  # idle again before the next drop
     finally:
-        proc.terminate()
-        proc.wait(60)
+        stop_daemon(proc)
     infer = [rec["ms"]["infer"] / 1000 for rec in _records(log_path) if rec.get("event") == "done"]
     infer_p95 = _percentile(infer, 95)
     figures: dict = {"files": files, "size": f"{size[0]}x{size[1]}", "infer_p50": statistics.median(infer),

@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-import srwatch  # noqa: E402  (the checkout on PYTHONPATH, if one is set there: for A/B runs)
+# The daemon runs the srwatch imported here: another checkout on PYTHONPATH for an A/B run.
+from srwatch.bench import shipped_config, start_daemon, stop_daemon, wait_ready
 
 MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "FSRCNN-small_x2.pb"
-SRC = Path(srwatch.__file__).resolve().parents[1]  # the daemon runs this checkout's code and config
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -53,25 +50,12 @@ def _tiny_pngs(folder: Path, count: int, side: int) -> list[Path]:
 
 def run(files: int, side: int, root: Path, model: Path) -> dict:
     """Start the daemon, rename `files` tiny images in at once, return the figures."""
-    for name in ("inbox", "outbox", "archive", "quarantine", "staging"):
-        (root / name).mkdir(parents=True)
-    raw = yaml.safe_load((SRC / "config" / "srwatch.yaml").read_text())
-    raw["paths"] = {**raw["paths"], **{k: str(root / k) for k in ("inbox", "outbox", "archive", "quarantine")},
-                    "work": str(root / ".work")}
-    raw["model"] = {**raw["model"], "path": str(model)}
-    config = root / "srwatch.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = shipped_config(root, model)
     staged = _tiny_pngs(root / "staging", files, side)
     log_path = root / "daemon.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "srwatch.cli", "run", "-c", str(config)],
-                                stdout=log_file, stderr=subprocess.STDOUT, cwd=SRC)
+    proc = start_daemon(config, log_path)
     try:
-        deadline = time.monotonic() + 300
-        while "srwatch ready" not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon did not start:\n{log_path.read_text()}")
-            time.sleep(0.05)
+        wait_ready(proc, log_path, 300)
         time.sleep(1.0)  # the workers settle into idle
         cpu_before = _cpu_seconds(proc.pid)
         started = time.monotonic()
@@ -86,8 +70,7 @@ def run(files: int, side: int, root: Path, model: Path) -> dict:
         seconds = time.monotonic() - started
         cpu = _cpu_seconds(proc.pid) - cpu_before
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop_daemon(proc)
     return {"files": files, "side": side, "model": model.name, "seconds": seconds,
             "files_per_s": files / seconds, "supervisor_cpu_ms_per_file": cpu * 1000 / files,
             "supervisor_bound_files_per_s": files / cpu if cpu else None}

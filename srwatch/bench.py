@@ -235,21 +235,9 @@ def _engine_layout(model: BenchModel, files: list[Path], engine: str, workers: i
 # -- contender 3: the daemon --------------------------------------------------------------------------
 def run_daemon(model: BenchModel, files: list[Path], root: Path, overrides: Optional[dict] = None) -> dict:
     """`srwatch run` on the shipped config; files renamed into its inbox at once; outputs timed as they appear."""
-    import yaml
-
     from .config import load_config
 
-    for name in ("inbox", "outbox", "archive", "quarantine", "staging"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load(SHIPPED_CONFIG.read_text())
-    raw["paths"] = {**raw["paths"], **{k: str(root / k) for k in ("inbox", "outbox", "archive", "quarantine")}}
-    raw["paths"]["work"] = str(root / ".work")
-    raw["model"] = {**raw["model"], "path": str(model.path)}
-    raw["log"] = {**raw.get("log", {}), "level": "INFO"}
-    for section, values in (overrides or {}).items():
-        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
-    config = root / "srwatch.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = shipped_config(root, model.path, {"log": {"level": "INFO"}}, overrides or {})
     cfg = load_config(config)
     staged = []
     for f in files:  # on the inbox's filesystem, so the drop is one rename
@@ -257,13 +245,9 @@ def run_daemon(model: BenchModel, files: list[Path], root: Path, overrides: Opti
         dst.write_bytes(f.read_bytes())
         staged.append(dst)
     log_path = root / "daemon.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "srwatch.cli", "run", "-c", str(config)],
-                                stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = start_daemon(config, log_path)
     try:
-        _wait(lambda: "srwatch ready" in log_path.read_text(errors="replace") or proc.poll() is not None, 600)
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited:\n{log_path.read_text()}")
+        wait_ready(proc, log_path)
         expected = {f.stem + cfg.output.suffix.format(scale=model.scale) + ".png": i for i, f in enumerate(files)}
         seen: dict[str, float] = {}
         watcher = threading.Thread(target=_watch_outbox, args=(root / "outbox", expected, seen), daemon=True)
@@ -277,7 +261,7 @@ def run_daemon(model: BenchModel, files: list[Path], root: Path, overrides: Opti
         cpu1 = _tree_cpu(proc.pid)
         rss = _worker_peaks(proc.pid)
     finally:
-        _stop(proc)
+        stop_daemon(proc)
     if len(seen) != len(files):
         raise RuntimeError(f"only {len(seen)} of {len(files)} outputs appeared; see {log_path}")
     t0 = dropped[0]
@@ -303,10 +287,8 @@ def run_backlog(model: BenchModel, count: int, root: Path) -> dict:
     """`count` small files already in the inbox when the daemon starts: seconds from start to the first output."""
     import cv2
     import numpy as np
-    import yaml
 
-    for name in ("inbox", "outbox", "archive", "quarantine"):
-        (root / name).mkdir(parents=True, exist_ok=True)
+    config = shipped_config(root, model.path)
     rng = np.random.default_rng(3)
     ok, png = cv2.imencode(".png", rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
     assert ok
@@ -316,27 +298,55 @@ def run_backlog(model: BenchModel, count: int, root: Path) -> dict:
         path = root / "inbox" / f"backlog-{i:05d}.png"
         path.write_bytes(data)
         os.utime(path, (old, old))
-    raw = yaml.safe_load(SHIPPED_CONFIG.read_text())
-    raw["paths"] = {**raw["paths"], **{k: str(root / k) for k in ("inbox", "outbox", "archive", "quarantine")}}
-    raw["paths"]["work"] = str(root / ".work")
-    raw["model"] = {**raw["model"], "path": str(model.path)}
-    config = root / "srwatch.yaml"
-    config.write_text(yaml.safe_dump(raw))
     log_path = root / "daemon.log"
     started = time.time()
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "srwatch.cli", "run", "-c", str(config)],
-                                stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = start_daemon(config, log_path)
     try:
         _wait(lambda: any(e.name.endswith(".png") for e in os.scandir(root / "outbox")) or proc.poll() is not None, 600)
         first = time.time() - started
         ready = re.search(r"loaded in ([\d.]+) s", log_path.read_text(errors="replace"))
     finally:
-        _stop(proc)
+        stop_daemon(proc)
     return {"files": count, "first_output_s": first, "model_load_s": float(ready.group(1)) if ready else None}
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def shipped_config(root: Path, model_path: Optional[Path] = None, *overrides: dict) -> Path:
+    """The shipped config/srwatch.yaml with its folders under `root` (made here, and a staging
+    folder beside them), `model_path` and `overrides` ({section: {key: value}}, applied in
+    order); written to root/srwatch.yaml, whose path is returned. Shared with benchmarks/."""
+    import yaml
+
+    folders = ("inbox", "outbox", "archive", "quarantine")
+    for name in (*folders, "staging"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    raw = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    raw["paths"] = {**raw["paths"], **{k: str(root / k) for k in folders}, "work": str(root / ".work")}
+    if model_path is not None:
+        raw["model"] = {**raw["model"], "path": str(model_path)}
+    for layer in overrides:
+        for section, values in layer.items():
+            raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+    config = root / "srwatch.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def start_daemon(config: Path, log_path: Path) -> subprocess.Popen:
+    """`srwatch run -c config` of this checkout (REPO: the srwatch imported, so PYTHONPATH picks
+    the code for an A/B run), its output to `log_path`. Stop it with stop_daemon()."""
+    with open(log_path, "wb") as log_file:
+        return subprocess.Popen([sys.executable, "-m", "srwatch.cli", "run", "-c", str(config)],
+                                stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def wait_ready(proc: subprocess.Popen, log_path: Path, timeout: float = 600) -> None:
+    """Until the daemon logs that it is ready; RuntimeError with its log if it exits first."""
+    _wait(lambda: "srwatch ready" in log_path.read_text(errors="replace") or proc.poll() is not None, timeout)
+    if proc.poll() is not None:
+        raise RuntimeError(f"daemon exited:\n{log_path.read_text()}")
+
+
+def stop_daemon(proc: subprocess.Popen) -> None:
     """SIGTERM the daemon and wait for it (SIGKILL after 120 s)."""
     proc.send_signal(signal.SIGTERM)
     try:
