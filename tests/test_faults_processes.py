@@ -159,6 +159,57 @@ def test_kill_between_delivery_and_archiving_never_gives_a_second_output(layout:
     print(f"window between delivery and archive: {hits}")
 
 
+def test_kill_while_delivering_one_file_and_computing_the_next(layout: Layout, fault_report) -> None:
+    """One worker delivers a file (its delivery thread) while it computes the next, sent ahead.
+    It is frozen the instant the first file's output appears in the outbox and, if that file's
+    original is not archived yet, SIGKILLed: the death is charged to the file it was computing
+    (attempt 1, then 2); the one it was delivering goes back uncharged (attempt 1 again) and its
+    retry only archives. Every file ends once."""
+    drops: list[Drop] = []
+    hits = missed = 0
+    with running(layout, watch=FAST_WATCH, pool={"workers": 1, "prefetch": 1, "max_attempts": 2},
+                 log={"level": "DEBUG"}) as daemon, CreateSpy(layout.outbox) as spy:
+        for i in range(3):
+            pair = [file_drop(f"p{i}{x}.png", 640, 640, seed=10 * i + n) for n, x in enumerate("xy")]
+            drops += pair
+            workers = daemon.workers()
+            for drop in pair:
+                place(layout.inbox, drop, layout.root / "staging")
+
+            def dispatched(name: str) -> int:
+                return daemon.log().find(f"dispatched {name} to")
+
+            wait_for(lambda: all(dispatched(d.rel) >= 0 for d in pair), 30, what=f"pair {i} dispatched")
+            first, second = sorted(pair, key=lambda d: dispatched(d.rel))
+            assert f"done {first.rel}" not in daemon.log(), "the first was done before the second was sent ahead"
+            out = f"{first.rel[:-4]}_x3.png"
+            assert spy.wait(lambda n: n == out, 60), f"no output for {first.rel}"
+            stop_processes(workers)
+            if os.path.lexists(layout.archive / first.rel):
+                missed += 1
+                stop_processes(workers, signal.SIGCONT)
+            else:
+                stop_processes(workers, signal.SIGKILL)
+                hits += 1
+                wait_for(lambda: "died (signal SIGKILL (9)) while processing" in daemon.log()[-20000:], 30,
+                         what="the death noticed")
+            wait_finished(layout, len(drops), 120, [daemon], f"pair {i} after the kill")
+            log = daemon.log()
+
+            def attempts(name: str) -> list[str]:
+                return re.findall(rf"dispatched {re.escape(name)} to worker-\d+ \(pid \d+, attempt (\d+)\)", log)
+
+            if attempts(first.rel) != ["1"]:  # killed before its archive: charged nothing, only archived after
+                assert f"while processing {second.rel} (attempt 1)" in log, log
+                assert f"while processing {first.rel}" not in log, log
+                assert attempts(first.rel) == ["1", "1"], log
+                assert re.search(rf"done {re.escape(first.rel)} -> .*delivered by an earlier attempt", log), log
+                assert attempts(second.rel) == ["1", "2"], log
+    check_and_report(fault_report, "kill while delivering one file and computing the next", layout, drops,
+                     extra={"window_hit": hits, "window_missed": missed})
+    assert hits, "the first file was archived before the worker could be stopped, every time: window never hit"
+
+
 def test_two_daemons_share_one_inbox_outbox_archive_and_quarantine(tmp_path: Path, fault_report) -> None:
     require_model()
     first = Layout(tmp_path, work=tmp_path / "work-a")
