@@ -10,7 +10,8 @@ process whose OpenCV has started threads can deadlock. The child's code lives in
 what crosses the pipe in messages.py. Besides the pipes, the workers share one thing: the
 busy board, two numbers per worker that say which file it computes and which it delivers,
 which the others read to choose their thread count and the pool reads when a worker dies
-(the file it computed is the one it died on; one still unread in its pipe is not): BusyBoard.
+(the file it was computing is the one it died on; one still unread in its pipe is not):
+BusyBoard.
 
 A worker's state is changed here only (spawn, ready, dispatch, result, retire, death).
 """

@@ -46,8 +46,9 @@ def _die_with_parent() -> None:
 
 
 class BoardSlot:
-    """This worker's two places on the pool's busy board (pool.BusyBoard): the job it computes
-    (decode, inference, encode) and the job it delivers; 0 for none."""
+    """This worker's two places on the pool's busy board (pool.BusyBoard: board[2 * slot] the
+    job it computes (decode, inference, encode), board[2 * slot + 1] the job it delivers; 0 for
+    none). The layout is written out here: the pool imports this module, not the reverse."""
 
     def __init__(self, board: Optional[Any], slot: int) -> None:
         import numpy as np  # here: the supervisor imports this module too, and needs no numpy
