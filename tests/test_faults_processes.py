@@ -194,6 +194,8 @@ def test_kill_while_delivering_one_file_and_computing_the_next(layout: Layout, f
                 wait_for(lambda: "died (signal SIGKILL (9)) while processing" in daemon.log()[-20000:], 30,
                          what="the death noticed")
             wait_finished(layout, len(drops), 120, [daemon], f"pair {i} after the kill")
+            # A worker releases a job before the supervisor logs it: wait for both lines.
+            wait_for(lambda: all(f"done {d.rel} ->" in daemon.log() for d in pair), 30, what=f"pair {i} logged")
             log = daemon.log()
 
             def attempts(name: str) -> list[str]:
