@@ -399,10 +399,15 @@ def test_auto_layout_runs_a_lone_file_on_two_threads_and_a_burst_on_one(layout: 
         m = re.search(rf"done {re.escape(name)} -> .*; (\d+(?: to \d+)?) threads?; worker-\d+\)", daemon.log())
         return m.group(1) if m else ""
 
+    def logged_threads(name: str) -> str:
+        """threads_of, once its done line is there (a worker archives before the supervisor logs)."""
+        wait_for(lambda: threads_of(name) != "", 30, what=f"{name} logged")
+        return threads_of(name)
+
     try:
         dropped = {"lone.png": drop(layout.inbox / "lone.png", 64, 48, seed=90)}
         wait_for(settled(layout, 1), 60, what="a lone file")
-        assert threads_of("lone.png") == "2"
+        assert logged_threads("lone.png") == "2"
         dropped["big.png"] = drop(layout.inbox / "big.png", 1400, 1400, seed=91)
         wait_for(lambda: _dispatched_pid(daemon, "big.png", 1), 30, what="big.png dispatched")
         time.sleep(0.5)  # its worker has marked itself busy
@@ -411,7 +416,7 @@ def test_auto_layout_runs_a_lone_file_on_two_threads_and_a_burst_on_one(layout: 
         wait_for(settled(layout, 2), 180, what="big.png after the crash")
         dropped["lone2.png"] = drop(layout.inbox / "lone2.png", 64, 48, seed=92)
         wait_for(settled(layout, 3), 60, what="a lone file after a crash")
-        assert threads_of("lone2.png") == "2", "the killed worker still counts as busy"
+        assert logged_threads("lone2.png") == "2", "the killed worker still counts as busy"
         burst = {f"b{i}.png": image_bytes(96, 80, seed=100 + i) for i in range(8)}
         for name, data in burst.items():
             (layout.root / name).write_bytes(data)
