@@ -194,9 +194,9 @@ class Pool:
         An idle worker starts it at once; a busy one (see _has_room) once it has computed the job
         it runs (while it delivers that one). A death is reported by wait(). The config travels
         with the job, so hot folders that share a model share workers, and a reload that
-        changes only output settings restarts nothing.
-        With it goes whether the job will share the CPUs (other workers hold jobs, or
-        `more_waiting` files wait): a worker that can runs it on fewer threads then.
+        changes only output settings restarts nothing. With it goes whether the job will share
+        the CPUs (other workers hold jobs, or `more_waiting` files wait): a worker that can runs
+        it on fewer threads then.
         """
         assert self._has_room(worker)
         crowded = more_waiting or any(w is not worker and (w.job is not None or w.ahead) for w in self.workers)

@@ -159,10 +159,10 @@ def finish(done: Computed) -> JobResult:
     """The I/O half of a job: its output into the outbox, the original archived; or its error settled."""
     if done.result is not None:
         return done.result
+    if done.error is not None:
+        return settle_error(done.cfg, done.job, done.error)
+    assert done.rendered is not None
     try:
-        if done.error is not None:
-            raise done.error
-        assert done.rendered is not None
         result: JobResult = deliver(done.cfg, done.job, done.rendered, done.scale, done.started)
     except Exception as exc:  # noqa: BLE001 - as in compute(): nothing on a job's path escapes
         return settle_error(done.cfg, done.job, exc)

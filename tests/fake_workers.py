@@ -37,13 +37,21 @@ def _hand_to_delivery(mine: BoardSlot, number: int) -> None:
     mine.computing(0)
 
 
-def _first_job_then_wait(conn, board, slot) -> BoardSlot:
-    """Ready; take the first job, wait until the next one is sent ahead, report the first done."""
+def _first_job_handed(conn, board, slot) -> tuple:
+    """Ready; take the first job, wait until the next one is sent ahead, hand the first to delivery.
+
+    Returns (the worker's board slot, the first job)."""
     mine = BoardSlot(board, slot)
     conn.send(Ready(scale=3, load_seconds=0.0))
     job, number = _take(conn, mine)
     _wait_for_next(conn)
     _hand_to_delivery(mine, number)
+    return mine, job
+
+
+def _first_job_then_wait(conn, board, slot) -> BoardSlot:
+    """As _first_job_handed, then report the first done (its delivery over)."""
+    mine, job = _first_job_handed(conn, board, slot)
     conn.send(_done(job))
     mine.delivering(0)
     return mine
@@ -65,20 +73,12 @@ def dies_on_second_file(cfg, threads, conn, board, slot) -> None:
 def dies_computing_while_delivering(cfg, threads, conn, board, slot) -> None:
     """Computes its first job and hands it to delivery, takes the next one, and dies computing
     that one while the first is still being delivered (no result sent)."""
-    mine = BoardSlot(board, slot)
-    conn.send(Ready(scale=3, load_seconds=0.0))
-    _job, number = _take(conn, mine)
-    _wait_for_next(conn)
-    _hand_to_delivery(mine, number)
+    mine, _job = _first_job_handed(conn, board, slot)
     _take(conn, mine)
     os._exit(3)
 
 
 def dies_delivering(cfg, threads, conn, board, slot) -> None:
     """Computes its first job, hands it to delivery and dies there, the next one unread in its pipe."""
-    mine = BoardSlot(board, slot)
-    conn.send(Ready(scale=3, load_seconds=0.0))
-    _job, number = _take(conn, mine)
-    _wait_for_next(conn)
-    _hand_to_delivery(mine, number)
+    _first_job_handed(conn, board, slot)
     os._exit(3)
