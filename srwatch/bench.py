@@ -9,13 +9,18 @@ Contenders, each in fresh processes, one after another (never side by side):
    ``upsample()`` then ``imwrite()`` per file, in order, OpenCV's default threads.
 2. **engine limit**: inference only, images already decoded in memory, on the best engine
    installed, with every worker/thread layout tried; the best is this machine's ceiling.
-3. **srwatch**: ``srwatch run`` with the shipped ``config/srwatch.yaml`` (only folders, model
+3. **pipeline**: a worker's computing half without the daemon around it: each file's bytes,
+   already in memory, through srwatch's own header check, decode, inference and encode
+   (``Processor.process_bytes``, the shipped config), on the engine limit's best layout;
+   nothing written. What the file formats cost beside inference; srwatch/pipeline is what the
+   daemon itself costs (claims, job records, dispatch, delivery with its fsyncs, archive).
+4. **srwatch**: ``srwatch run`` with the shipped ``config/srwatch.yaml`` (only folders, model
    and log level changed), files renamed into its inbox all at once, timed from the first drop
    to the last output visible in the outbox; latency per file is drop -> output visible.
 
 Figures: images/s, output megapixels/s, latency p50/p95, CPU utilisation (CPU seconds of the
-whole process tree / wall seconds / cores), peak RSS per worker, and the ratios srwatch/naive
-and srwatch/engine-limit (within one run only: these machines are shared and noisy). With 10
+whole process tree / wall seconds / cores), peak RSS per worker, and the ratios srwatch/naive,
+srwatch/engine-limit and srwatch/pipeline (within one run only: these machines are shared and noisy). With 10
 files or more also srwatch's steady pace, from its first output to its last (without the
 settle wait before the first file is taken), against the engine limit. Written to
 ``bench.json`` and ``bench.png`` in ``--out``.
@@ -216,11 +221,17 @@ def run_engine_limit(model: BenchModel, files: list[Path], engines: Sequence[str
 
 def _engine_layout(model: BenchModel, files: list[Path], engine: str, workers: int, threads: int, tmp: Path) -> float:
     """Seconds for `workers` processes x `threads` to upscale all files (split round robin)."""
-    start_file = tmp / f"go-{engine}-{workers}x{threads}-{time.time_ns()}"
+    return _timed_children(ENGINE_CHILD, [str(model.path), engine, str(threads)], files, workers, tmp)
+
+
+def _timed_children(script: str, args: list[str], files: list[Path], workers: int, tmp: Path) -> float:
+    """Seconds for `workers` processes of `script` (args, a start file, its share of the files,
+    split round robin) from the first one's start to the last one's end; all start at once."""
+    start_file = tmp / f"go-{workers}-{time.time_ns()}"
     shares = [files[i::workers] for i in range(workers)]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen([sys.executable, "-c", ENGINE_CHILD, str(model.path), engine, str(threads), str(start_file),
-                               *map(str, share)], stdout=subprocess.PIPE, text=True, env=env) for share in shares if share]
+    procs = [subprocess.Popen([sys.executable, "-c", script, *args, str(start_file), *map(str, share)],
+                              stdout=subprocess.PIPE, text=True, env=env) for share in shares if share]
     try:
         for p in procs:
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
@@ -232,7 +243,40 @@ def _engine_layout(model: BenchModel, files: list[Path], engine: str, workers: i
     return max(r["end"] for r in results) - min(r["start"] for r in results)
 
 
-# -- contender 3: the daemon --------------------------------------------------------------------------
+# -- contender 3: the pipeline (a worker's computing half, no daemon) ---------------------------------
+PIPELINE_CHILD = textwrap.dedent('''
+    import json, os, sys, time
+    import cv2
+    from srwatch.config import load_config
+    from srwatch.process import Processor
+    config, engine, threads, start_file = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    cfg = load_config(config)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"engine": engine})})
+    blobs = [open(f, "rb").read() for f in sys.argv[5:]]
+    processor = Processor(cfg, threads)
+    processor.engine.upscale(cv2.imread(sys.argv[5], cv2.IMREAD_COLOR)[:64, :64])  # first compile: load time
+    print("ready", flush=True)
+    while not os.path.exists(start_file):
+        time.sleep(0.002)
+    t0 = time.time()
+    for blob in blobs:
+        processor.process_bytes(blob)
+    print(json.dumps({"start": t0, "end": time.time()}), flush=True)
+''')
+
+
+def run_pipeline(model: BenchModel, files: list[Path], root: Path, layout: dict) -> dict:
+    """Header check, decode, inference and encode of every file's bytes in memory, on `layout`
+    (the engine limit's best: engine, workers, threads) with the shipped config: no daemon, nothing written."""
+    config = shipped_config(root, model.path)
+    seconds = _timed_children(PIPELINE_CHILD, [str(config), layout["engine"], str(layout["threads"])], files,
+                              layout["workers"], root)
+    figures = _figures("pipeline", files, model.scale, seconds, [], None, [])
+    figures["layout"] = layout
+    return figures
+
+
+# -- contender 4: the daemon --------------------------------------------------------------------------
 def run_daemon(model: BenchModel, files: list[Path], root: Path, overrides: Optional[dict] = None) -> dict:
     """`srwatch run` on the shipped config; files renamed into its inbox at once; outputs timed as they appear."""
     from .config import load_config
@@ -446,7 +490,7 @@ def _figures(name: str, files: list[Path], scale: int, seconds: float, done_at: 
 
 @dataclass
 class Case:
-    """One model x workload: the three contenders and their ratios."""
+    """One model x workload: the contenders and their ratios."""
 
     model: str
     workload: str
@@ -462,6 +506,10 @@ class Case:
             if "engine_limit" in self.results else None,
             "srwatch_steady_vs_engine_limit": steady / self.results["engine_limit"]["images_per_s"]
             if "engine_limit" in self.results and steady else None,
+            "pipeline_vs_engine_limit": self.results["pipeline"]["images_per_s"]
+            / self.results["engine_limit"]["images_per_s"]
+            if "pipeline" in self.results and "engine_limit" in self.results else None,
+            "srwatch_vs_pipeline": s / self.results["pipeline"]["images_per_s"] if "pipeline" in self.results else None,
         }
 
 
@@ -478,6 +526,11 @@ def run_case(model: BenchModel, workload: Workload, engines: Sequence[str], tmp:
     if "engine" in contenders:
         case.results["engine_limit"] = run_engine_limit(model, files, engines, case_dir)
         _say(case, "engine_limit")
+    if "pipeline" in contenders:
+        if "engine_limit" not in case.results:
+            raise SystemExit("--contenders: pipeline runs on the engine limit's best layout; add engine")
+        case.results["pipeline"] = run_pipeline(model, files, case_dir / "pipeline", case.results["engine_limit"]["layout"])
+        _say(case, "pipeline")
     if "srwatch" in contenders:
         case.results["srwatch"] = run_daemon(model, files, case_dir / "daemon", overrides)
         _say(case, "srwatch")
@@ -494,24 +547,27 @@ def _say(case: Case, name: str) -> None:
 
 def table(cases: Sequence[Case]) -> str:
     """Markdown table of every case."""
-    lines = ["| model | workload | files | naive img/s | engine limit img/s (layout) | srwatch img/s (layout) | "
-             "srwatch out MP/s | latency p50 / p95 s | CPU % | peak worker RSS MB | srwatch/naive | srwatch/limit | "
-             "steady/limit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | workload | files | naive img/s | engine limit img/s (layout) | pipeline img/s | "
+             "srwatch img/s (layout) | srwatch out MP/s | latency p50 / p95 s | CPU % | peak worker RSS MB | "
+             "srwatch/naive | srwatch/limit | steady/limit | pipeline/limit | srwatch/pipeline |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cases:
-        n, e, s = (c.results.get(k) for k in ("naive", "engine_limit", "srwatch"))
+        n, e, p, s = (c.results.get(k) for k in ("naive", "engine_limit", "pipeline", "srwatch"))
         r = c.ratios() if s else {}
         fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
         layout = f" ({e['layout']['engine']} {e['layout']['workers']}x{e['layout']['threads']})" if e else ""
+        pipeline_vs_limit = p["images_per_s"] / e["images_per_s"] if p and e else None
         lines.append(
             f"| {c.model} | {c.workload} | {c.files} | {fmt(n and n['images_per_s'])} | "
-            f"{fmt(e and e['images_per_s'])}{layout} | {fmt(s and s['images_per_s'])}"
-            f"{' (' + s['layout'] + ')' if s else ''} | {fmt(s and s['output_mp_per_s'])} | "
+            f"{fmt(e and e['images_per_s'])}{layout} | {fmt(p and p['images_per_s'])} | "
+            f"{fmt(s and s['images_per_s'])}{' (' + s['layout'] + ')' if s else ''} | "
+            f"{fmt(s and s['output_mp_per_s'])} | "
             f"{fmt(s and s.get('latency_p50'))} / {fmt(s and s.get('latency_p95'))} | "
             f"{fmt(s and s['cpu_utilisation'] and 100 * s['cpu_utilisation'], '{:.0f}')} | "
             f"{fmt(s and s['peak_rss_per_worker_mb'], '{:.0f}')} | "
             f"{fmt(r.get('srwatch_vs_naive'))}x | {fmt(r.get('srwatch_vs_engine_limit'))}x | "
-            f"{fmt(r.get('srwatch_steady_vs_engine_limit'))}x |")
+            f"{fmt(r.get('srwatch_steady_vs_engine_limit'))}x | {fmt(pipeline_vs_limit)}x | "
+            f"{fmt(r.get('srwatch_vs_pipeline'))}x |")
     return "\n".join(lines)
 
 
@@ -527,10 +583,12 @@ def chart(cases: Sequence[Case], path: Path) -> Optional[Path]:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     labels = [f"{c.model}\n{c.workload}" for c in cases]
-    width = 0.27
-    for i, name in enumerate(("naive", "engine_limit", "srwatch")):
+    names = ("naive", "engine_limit", "pipeline", "srwatch")
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
         values = [c.results.get(name, {}).get("output_mp_per_s", 0) for c in cases]
-        ax1.bar([x + (i - 1) * width for x in range(len(cases))], values, width, label=name.replace("_", " "))
+        ax1.bar([x + (i - (len(names) - 1) / 2) * width for x in range(len(cases))], values, width,
+                label=name.replace("_", " "))
     ax1.set_xticks(range(len(cases)), labels, fontsize=8)
     ax1.set_ylabel("output megapixels / s")
     ax1.set_title("throughput (higher is better)")
@@ -551,7 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="srwatch bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="default,fsrcnn", help="default, fsrcnn, standin (comma separated)")
     p.add_argument("--workloads", default="mixed,small,large", help="mixed, small, large")
-    p.add_argument("--contenders", default="naive,engine,srwatch")
+    p.add_argument("--contenders", default="naive,engine,pipeline,srwatch",
+                   help="naive, engine, pipeline (needs engine), srwatch")
     p.add_argument("--engines", default="openvino,opencv", help="engines tried for the engine limit")
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.add_argument("--max-files", type=int, default=0, help="at most this many files per workload (a quick look)")

@@ -1,0 +1,54 @@
+"""`srwatch bench` end to end on a few small files: every contender really runs (real daemon,
+real worker processes, the upstream FSRCNN_x3 model) and the report holds what the docs say."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import SHARED, require
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_runs_every_contender_and_reports_the_pipeline_between_the_limit_and_srwatch(tmp_path: Path) -> None:
+    require(SHARED / "models" / "FSRCNN_x3.pb")
+    out = tmp_path / "bench-out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "srwatch.cli", "bench", "--models", "fsrcnn", "--workloads", "small",
+         "--max-files", "6", "--engines", "openvino", "--contenders", "naive,engine,pipeline,srwatch",
+         "--backlog", "0", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "bench.json").read_text())
+    [case] = report["cases"]
+    results = case["results"]
+    assert set(results) == {"naive", "engine_limit", "pipeline", "srwatch"}
+    for name, figures in results.items():
+        assert figures["files"] == 6, name
+        assert figures["images_per_s"] > 0, name
+    # The pipeline runs on the engine limit's best layout, and its ratios are the ones printed.
+    assert results["pipeline"]["layout"] == results["engine_limit"]["layout"]
+    ratios = case["ratios"]
+    assert ratios["srwatch_vs_pipeline"] == results["srwatch"]["images_per_s"] / results["pipeline"]["images_per_s"]
+    assert ratios["pipeline_vs_engine_limit"] == (
+        results["pipeline"]["images_per_s"] / results["engine_limit"]["images_per_s"])
+    header, _, row = proc.stdout.strip().splitlines()[:3]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[columns.index("pipeline img/s")] == f"{results['pipeline']['images_per_s']:.2f}"
+    assert cells[columns.index("srwatch/pipeline")] == f"{ratios['srwatch_vs_pipeline']:.2f}x"
+    assert (out / "bench.png").stat().st_size > 0 or "matplotlib not installed" in proc.stderr
+
+
+def test_bench_refuses_the_pipeline_without_the_engine_limit(tmp_path: Path) -> None:
+    require(SHARED / "models" / "FSRCNN_x3.pb")
+    proc = subprocess.run(
+        [sys.executable, "-m", "srwatch.cli", "bench", "--models", "fsrcnn", "--workloads", "small",
+         "--max-files", "2", "--contenders", "pipeline", "--backlog", "0", "--out", str(tmp_path / "o")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "pipeline runs on the engine limit's best layout; add engine" in proc.stderr
