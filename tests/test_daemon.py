@@ -1,6 +1,7 @@
 """End to end: the real daemon, a real inotify observer, real worker processes, a real model."""
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import signal
@@ -112,6 +113,58 @@ def test_writer_pausing_longer_than_settle_seconds_is_waited_for(layout: Layout)
         assert daemon.stop() == 0
     assert_each_input_once(layout, {"paused.png": data, "whole.png": renamed})
     assert cv2.imread(str(layout.outbox / "paused_x3.png")).shape == (192, 192, 3)
+
+
+@pytest.fixture
+def leases_refused():
+    """The kernel refuses every lease while the test runs (fs.leases-enable = 0: EINVAL, the
+    answer of NFS, FUSE and other filesystems without leases); restored afterwards."""
+    knob = Path("/proc/sys/fs/leases-enable")
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to switch the kernel's leases off")
+    before = knob.read_text()
+    knob.write_text("0")
+    try:
+        yield
+    finally:
+        knob.write_text(before)
+
+
+def _claimed_at(log: str, name: str) -> float:
+    """Wall-clock time of the daemon's 'claimed NAME' line (its timestamp is to the millisecond)."""
+    m = re.search(r"^(\S+ \S+) DEBUG srwatch\.daemon: claimed " + re.escape(name) + " as ", log, re.M)
+    assert m, f"no claim of {name} in the log"
+    return datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_without_leases_the_writer_check_gives_way_to_the_timing_rule(layout: Layout, leases_refused) -> None:
+    """Where the filesystem refuses leases (EINVAL), the kernel cannot say who writes a file:
+    a renamed file is then not taken on its rename alone but after the quiet time, the daemon
+    says so once for the filesystem, and every file still ends in the outbox."""
+    daemon = start(layout)
+    try:
+        renamed_at = {}
+        dropped = {}
+        for i, name in enumerate(("first.png", "second.png")):
+            dropped[name] = drop(layout.root / name, 40, 40, seed=30 + i)
+            renamed_at[name] = time.time()
+            os.rename(layout.root / name, layout.inbox / name)
+            wait_for(settled(layout, i + 1), 60, what=f"{name} processed")
+        slow = image_bytes(64, 64, seed=32)
+        with open(layout.inbox / "slow.png", "wb") as fh:  # written in place, with pauses under settle_seconds
+            for i in range(0, len(slow), len(slow) // 4 + 1):
+                fh.write(slow[i : i + len(slow) // 4 + 1])
+                fh.flush()
+                time.sleep(0.4)
+        wait_for(settled(layout, 3), 60, what="slow file processed")
+    finally:
+        assert daemon.stop() == 0
+    assert_each_input_once(layout, {**dropped, "slow.png": slow})
+    log = daemon.log()
+    assert log.count("has no leases, so nobody can tell whether a file there is still open for writing") == 1
+    for name, at in renamed_at.items():
+        # With leases the rename alone (0.05 s) would do; the log's milliseconds are truncated.
+        assert _claimed_at(log, name) - at >= 0.299, name
 
 
 def test_backlog_at_start_and_subfolders(layout: Layout) -> None:
