@@ -33,7 +33,8 @@ test-venv: $(VENV)/.test
 
 # tests/test_systemd_unit.py runs systemd-analyze (package systemd) on the unit, whose ExecReload
 # needs /bin/kill (package procps); the fault suite's no-hard-link outbox is a FAT image made by
-# mkfs.vfat (dosfstools) and mounted with fusefat where the kernel has no vfat driver. A fresh
+# mkfs.vfat (dosfstools) and mounted with fusefat where the kernel has no vfat driver (fusefat
+# also brings libfuse2, which tests/slowfs.py's slow disk runs on through fusepy). A fresh
 # Debian/Ubuntu machine (CI) may lack them: install what is missing with apt-get (as root, or
 # through sudo). Where that cannot be done those tests skip (the unit test fails under CI=true).
 # tests/test_web_browser.py drives a headless Chromium through Selenium: Debian's chromium and

@@ -41,6 +41,11 @@ TICK = 0.1  # in seconds: longest wait in the main loop
 STARTUP_TIMEOUT = 300.0  # in seconds: for a generation of workers to load their model
 RESPAWN_BACKOFF_MAX = 30.0  # in seconds, between restarts of a worker that keeps dying at once
 STATUS_EVERY = 2.0  # in seconds, between STATUS= updates to systemd and status-file writes
+# In seconds: the longest the loop claims files in one go before it dispatches and collects
+# results again. A claim waits on the disk (its job record's fsyncs: 3-4 ms here, tens of ms on
+# a slow disk or a network share); a burst of queue_size claims in a row left the workers idle
+# with their results unread.
+CLAIM_BURST = 0.02
 
 
 @dataclass
@@ -99,6 +104,7 @@ class Daemon:
         self.reload_requested = False
         self.stop_deadline = 0.0
         self._turn = 0  # rotates the first folder among equal priorities
+        self._claim_cut = False  # the last claim burst ended on time with files left to claim
         self._generations = 0
         self.pending: Optional[Config] = None  # a reloaded config waiting for its new workers
         self._last_status = 0.0
@@ -285,6 +291,8 @@ class Daemon:
             return
         now = time.monotonic()
         wall = datetime.now()
+        self._claim_cut = False
+        until = now + CLAIM_BURST
         for folder in self._in_turn(self.folders):
             if folder.retiring or folder.watcher is None or folder.claim_pause.waiting(now):
                 continue
@@ -294,14 +302,19 @@ class Daemon:
             if folder.held_logged:
                 folder.held_logged = False
                 log.info("hot folder %s is open (schedule.hours %s)", folder.name, folder.cfg.schedule.hours)
-            self._claim_from(folder, now)
+            if not self._claim_from(folder, now, until):
+                self._claim_cut = True  # the rest next time round, first thing (see _sleep_for)
+                break
         self._turn += 1
 
-    def _claim_from(self, folder: HotFolder, now: float) -> None:
+    def _claim_from(self, folder: HotFolder, now: float, until: float) -> bool:
+        """Claim `folder`'s ready entries while its queue has room; False if time ran out first (CLAIM_BURST)."""
         while len(folder.queue) < self.cfg.pool.queue_size:
+            if time.monotonic() >= until and folder.watcher.ready_count:
+                return False
             cand = folder.watcher.take()
             if cand is None:
-                return
+                return True
             try:
                 job = claim.claim(cand, folder.cfg.paths.inbox, folder.cfg.work_dir)
             except claim.Changed:
@@ -312,7 +325,7 @@ class Daemon:
                 folder.watcher.put_back(cand)
                 if folder.claim_pause.failed(now, str(exc)):
                     log.error("claiming paused: %s; the files wait in the inbox, retrying with back-off", exc)
-                return
+                return True
             if folder.claim_pause.succeeded():
                 log.warning("claiming resumed")
             if job is None:
@@ -330,6 +343,7 @@ class Daemon:
                 # The queue was empty, so a worker may be idle: hand it this file now rather than
                 # after claiming the rest of a burst (3-4 ms per claim; 77 ms for 20 measured).
                 self._dispatch()
+        return True
 
     def _log_held(self, folder: HotFolder, wall: datetime) -> None:
         if not folder.held_logged:
@@ -411,7 +425,10 @@ class Daemon:
             self._handle(event)
 
     def _sleep_for(self) -> float:
-        """How long the loop may wait for workers: a tick, or less when a settling file is due sooner."""
+        """How long the loop may wait for workers: a tick, or less when a settling file is due sooner
+        (nothing when the last claim burst left files to claim)."""
+        if self._claim_cut and not self.stopping:
+            return 0.0
         due = [d for f in self.folders if f.watcher is not None and not f.retiring
                and (d := f.watcher.next_due()) is not None]
         if not due or self.stopping:

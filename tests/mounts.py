@@ -4,6 +4,7 @@
         remount(vol, "size=64m")                       # grow it; remount(vol, "ro") / "rw"
     with fat(tmp_path / "fat") as folder:              # a FAT filesystem: no hard links
     with sysctl("fs.inotify.max_queued_events", 8):    # restored on the way out
+    with slow_disk(tmp_path / "b", tmp_path / "mnt", 40) as fs:  # every fsync waits 40 ms (FUSE)
 
 Mounting is a property of the machine, not of srwatch: where it is not permitted (not root, no
 CAP_SYS_ADMIN, no FAT driver) the test is skipped with the reason, under CI=true as well.
@@ -161,6 +162,25 @@ def fat(path: Path, size_mb: int = 16) -> Iterator[Path]:
                 fuse.kill()
                 fuse.wait()
         image.unlink(missing_ok=True)
+
+
+@contextmanager
+def slow_disk(backing: Path, mount: Path, fsync_ms: float) -> Iterator["slowfs.SlowFS"]:
+    """`backing` seen at `mount` through a FUSE pass-through whose fsyncs wait `fsync_ms`
+    (tests/slowfs.py: a spinning disk or a network share). Skipped where FUSE cannot be
+    mounted (not root, no /dev/fuse); fusepy missing fails under CI=true (a test dependency)."""
+    import slowfs
+
+    why = slowfs.refusal()
+    if why and why.startswith("fusepy is not installed") and os.environ.get("CI") == "true":
+        pytest.fail(f"the slow disk needs fusepy and libfuse2: {why}")
+    if why:
+        pytest.skip(f"no slow disk here: {why}")
+    try:
+        with slowfs.mounted(backing, mount, fsync_ms) as fs:
+            yield fs
+    except slowfs.Refused as exc:
+        pytest.skip(f"no slow disk here: {exc}")
 
 
 def _sysctl_path(name: str) -> Path:

@@ -22,6 +22,7 @@ from daemon_harness import (
     wait_for,
     write_config,
 )
+from mounts import sysctl
 
 pytestmark = pytest.mark.slow
 
@@ -119,15 +120,8 @@ def test_writer_pausing_longer_than_settle_seconds_is_waited_for(layout: Layout)
 def leases_refused():
     """The kernel refuses every lease while the test runs (fs.leases-enable = 0: EINVAL, the
     answer of NFS, FUSE and other filesystems without leases); restored afterwards."""
-    knob = Path("/proc/sys/fs/leases-enable")
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to switch the kernel's leases off")
-    before = knob.read_text()
-    knob.write_text("0")
-    try:
+    with sysctl("fs.leases-enable", 0):
         yield
-    finally:
-        knob.write_text(before)
 
 
 def _claimed_at(log: str, name: str) -> float:

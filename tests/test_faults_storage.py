@@ -36,7 +36,7 @@ from daemon_harness import (
     wait_finished,
     wait_for,
 )
-from mounts import fat, fill, remount, tmpfs
+from mounts import fat, fill, remount, slow_disk, tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -245,3 +245,30 @@ def test_temp_file_of_a_killed_run_is_swept_at_the_next_start(tmp_path: Path, fa
     finally:
         again.close()
     check_and_report(fault_report, "temp file swept after a kill", layout, drops, extra={"caught": len(caught)})
+
+
+def test_on_a_slow_disk_results_are_collected_between_claims(tmp_path: Path, fault_report) -> None:
+    """Every fsync waits 40 ms (a slow disk, a network share), so each claim takes about 0.1 s:
+    a burst is claimed a little at a time, with the workers' results read and their next files
+    sent between claims. Claiming the whole burst in a row left the workers idle with their
+    results unread until the last claim."""
+    with slow_disk(tmp_path / "backing", tmp_path / "slow", fsync_ms=40) as fs:
+        layout = Layout(fs.mount / "srw")
+        drops = [file_drop(f"s{i:02d}.png", 24, 24, seed=60 + i) for i in range(12)]
+        staged = []
+        for drop in drops:  # written beforehand on the same filesystem, renamed in all at once below
+            staged.append(fs.mount / "staging" / drop.rel)
+            staged[-1].parent.mkdir(parents=True, exist_ok=True)
+            staged[-1].write_bytes(drop.data or b"")
+        with running(layout, log_name="../daemon.log", watch=FAST_WATCH) as daemon:
+            for path in staged:
+                os.rename(path, layout.inbox / path.name)
+            wait_finished(layout, len(drops), 120, [daemon], "the burst on the slow disk")
+            log = daemon.log()
+        assert fs.fsyncs() >= 10 * len(drops), "the daemon's fsyncs went through the slow disk"
+        check_and_report(fault_report, "a burst on a disk whose fsyncs take 40 ms", layout, drops)
+    lines = log.splitlines()
+    claims = [i for i, line in enumerate(lines) if " claimed s" in line]
+    dones = [i for i, line in enumerate(lines) if re.search(r" done s\d\d\.png ->", line)]
+    assert len(claims) == len(dones) == len(drops)
+    assert dones[0] < claims[-1], "the first result was read only after the whole burst was claimed"
