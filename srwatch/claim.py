@@ -27,9 +27,11 @@ import shutil
 import socket
 import stat
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from . import safefs
 from .errors import ConfigError, StorageError
@@ -210,6 +212,72 @@ def claim(cand: Candidate, inbox: Path, work: Path) -> Optional[Job]:
         return None  # a folder on the way vanished
     except safefs.UnsafePath:
         return None  # a folder on the way became a link: the link itself is an entry of its own
+
+
+#: Claims that may wait on the disk at once (see Claims).
+CLAIM_THREADS = 2
+
+
+class Claims:
+    """Claims on a few threads, answered in the order they were asked.
+
+    A claim waits on the disk: its job record is fsynced, file and folder (3-4 ms here, tens
+    of ms on a slow disk or a network share). One after another, those waits kept the
+    supervisor from reading results and sending files. Only claim() runs on a thread (the
+    job folder, its record, the rename); the supervisor's main thread takes each answer and
+    does all of its own bookkeeping, so none of its state is shared. `wake_fd` becomes
+    readable when a claim is answered, for the main loop to wait on beside the workers' pipes.
+    """
+
+    def __init__(self, threads: int = CLAIM_THREADS) -> None:
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="claim")
+        self._line: "deque[tuple[Any, Candidate, Future]]" = deque()
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    @property
+    def wake_fd(self) -> int:
+        """Readable once a claim has been answered (drained by answered())."""
+        return self._read
+
+    def ask(self, owner: Any, cand: Candidate, inbox: Path, work: Path) -> None:
+        """Start claiming `cand` (for `owner`, e.g. its hot folder); its answer comes from answered()."""
+        future = self._threads.submit(claim, cand, inbox, work)
+        self._line.append((owner, cand, future))
+        future.add_done_callback(self._wake)
+
+    def _wake(self, _future: Future) -> None:
+        try:
+            os.write(self._write, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (so already readable) or closed (shutting down)
+
+    def pending(self, owner: Any = None) -> int:
+        """Claims asked and not yet taken from answered() (of `owner`; of all with None)."""
+        return sum(1 for o, _, _ in self._line if owner is None or o is owner)
+
+    def answered(self) -> Iterator[tuple[Any, Candidate, Future]]:
+        """(owner, candidate, future) of the claims answered, in the order asked: the first one
+        still under way holds back those after it. The future's result() is claim()'s: a Job,
+        None, or the Changed / StorageError it raised."""
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._line and self._line[0][2].done():
+            yield self._line.popleft()
+
+    def close(self) -> int:
+        """Wait for the claims under way; return how many were not taken from answered() (their
+        files, if claimed, wait in the work folder for the next start, like any queued job)."""
+        self._threads.shutdown(wait=True)
+        left = len(self._line)
+        self._line.clear()
+        os.close(self._read)
+        os.close(self._write)
+        return left
 
 
 def _move_in(job: Job, src_fd: int, name: str) -> Optional[Job]:

@@ -233,12 +233,15 @@ class Pool:
         fast = w.last_job_seconds is not None and w.last_job_seconds < PREFETCH_BELOW_SECONDS
         return 1 if fast else 0
 
-    def wait(self, timeout: float) -> list[Event]:
-        """Messages from workers and their deaths, with worker states updated."""
-        handles: dict[object, Worker] = {}
+    def wait(self, timeout: float, wake: Optional[int] = None) -> list[Event]:
+        """Messages from workers and their deaths, with worker states updated; waits at most
+        `timeout`, and no longer than it takes the file descriptor `wake` to become readable."""
+        handles: dict[object, Optional[Worker]] = {}
         for w in self.workers:
             handles[w.conn] = w
             handles[w.process.sentinel] = w
+        if wake is not None:
+            handles[wake] = None
         if not handles:
             time.sleep(timeout)
             return []
@@ -246,6 +249,8 @@ class Pool:
         dead: list[Worker] = []
         for handle in wait(list(handles), timeout=timeout):
             w = handles[handle]
+            if w is None:
+                continue  # the wake-up: its reader drains it
             if handle is w.conn:
                 events.extend(self._drain(w))
             elif w not in dead:

@@ -50,6 +50,7 @@ log = logging.getLogger("srwatch.raypool")
 
 RAY_MISSING = "pool.backend: ray needs `pip install 'srwatch[ray]'`"
 WATCH_GROUP = "watch"  # the actor's concurrency group for its never-returning `watch` call
+WAKE_POLL = 0.005  # in seconds: the longest wait while the supervisor also waits on a file descriptor (wait)
 
 
 # -- the actor's side -------------------------------------------------------------------------
@@ -348,8 +349,14 @@ class RayPool:
         return Call(job, cfg, sent, read, ref=worker.actor.process.remote(data, actor_config(cfg)))
 
     # -- results and deaths -------------------------------------------------------------------
-    def wait(self, timeout: float) -> list[Event]:
-        """Actors' readiness, results (delivered here, by the sink) and losses, with states updated."""
+    def wait(self, timeout: float, wake: Optional[int] = None) -> list[Event]:
+        """Actors' readiness, results (delivered here, by the sink) and losses, with states updated.
+
+        ray.wait cannot also wait on a file descriptor: with `wake` given, it waits at most
+        WAKE_POLL, so an answer on `wake` is seen that soon.
+        """
+        if wake is not None:
+            timeout = min(timeout, WAKE_POLL)
         events, self._later = self._later, []
         refs = self._refs()
         decided = any(w.calls and w.calls[0].ref is None for w in self.workers)

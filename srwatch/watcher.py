@@ -613,6 +613,20 @@ class InboxWatcher:
         self._ready[cand.path] = cand
         self._ready.move_to_end(cand.path, last=False)
 
+    def claimed(self, cand: Candidate) -> None:
+        """`cand` has been claimed (or had vanished): forget what was noted of that same file
+        since it was taken. Claims run beside the main loop, so the events of the writer
+        check's own open and close of the file may come in before the claim has moved it,
+        and would otherwise leave it counted as settling. A new file at that name (another
+        inode) is kept."""
+        entry = self.settler.pending.get(cand.path)
+        if entry is not None and entry.ino == cand.ino:
+            del self.settler.pending[cand.path]
+        ready = self._ready.get(cand.path)
+        if ready is not None and ready.ino == cand.ino:
+            del self._ready[cand.path]
+            self.settler.forget(cand.path)
+
     def resettle(self, path: Path) -> None:
         """The entry changed since it settled: watch it until it is complete again."""
         self.settler.note(path, "changed", time.monotonic())

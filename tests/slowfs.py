@@ -1,7 +1,7 @@
 """A slow disk for tests and benchmarks: a FUSE pass-through whose fsyncs wait.
 
     with mounted(backing, mount, fsync_ms=30) as fs:   # mount/ shows backing/; every fsync sleeps 30 ms
-        ...                                           # fs.fsyncs(): how many so far
+        ...                                           # fs.fsyncs(), fs.most_at_once()
     python tests/slowfs.py BACKING MOUNT FSYNC_MS COUNTER   # the server itself (what mounted() runs)
 
 This machine has no device-mapper delay target and no null_blk, so a disk whose syncs are slow
@@ -33,13 +33,13 @@ class Refused(RuntimeError):
 def serve(backing: str, mount: str, fsync_ms: float, counter: str) -> None:
     """Mount a pass-through of `backing` at `mount` whose fsyncs sleep `fsync_ms`; returns once unmounted.
 
-    The number of fsyncs so far is kept in the file `counter`.
+    The file `counter` holds the number of fsyncs so far and the most that waited at once.
     """
     from fuse import FUSE, FuseOSError, Operations
 
     delay = fsync_ms / 1000.0
     lock = threading.Lock()
-    fsyncs = [0]
+    fsyncs = [0, 0, 0]  # fsyncs so far, under way now, most ever under way at once
 
     class SlowSync(Operations):
         def __init__(self) -> None:
@@ -54,8 +54,12 @@ def serve(backing: str, mount: str, fsync_ms: float, counter: str) -> None:
         def _slow(self) -> None:
             with lock:
                 fsyncs[0] += 1
-                Path(counter).write_text(str(fsyncs[0]))
+                fsyncs[1] += 1
+                fsyncs[2] = max(fsyncs[2], fsyncs[1])
+                Path(counter).write_text(f"{fsyncs[0]} {fsyncs[2]}")
             time.sleep(delay)
+            with lock:
+                fsyncs[1] -= 1
 
         def access(self, path, mode):
             if not os.access(path, mode):
@@ -141,7 +145,7 @@ def serve(backing: str, mount: str, fsync_ms: float, counter: str) -> None:
         def write(self, path, data, offset, fh):
             return os.pwrite(fh, data, offset)
 
-    Path(counter).write_text("0")
+    Path(counter).write_text("0 0")
     # use_ino: srwatch tells files apart by inode; big_writes: 128 KB per write call, not 4 KB.
     FUSE(SlowSync(), mount, foreground=True, nothreads=False, use_ino=True, big_writes=True)
 
@@ -155,10 +159,18 @@ class SlowFS:
 
     def fsyncs(self) -> int:
         """fsyncs of files and folders on it so far."""
+        return self._read()[0]
+
+    def most_at_once(self) -> int:
+        """The most fsyncs ever waiting at the same time (from any processes or threads)."""
+        return self._read()[1]
+
+    def _read(self) -> tuple[int, int]:
         try:
-            return int(self._counter.read_text() or 0)
+            count, most = self._counter.read_text().split()
+            return int(count), int(most)
         except (OSError, ValueError):
-            return 0
+            return 0, 0
 
 
 def refusal() -> Optional[str]:

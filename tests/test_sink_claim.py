@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from srwatch.config import parse_config
 from srwatch.errors import ConfigError, CorruptImage, LinkRefused, StorageError, WorkerCrashed
 from srwatch.messages import Done, Failed
 from srwatch.watcher import CLOSE_QUIET, DUE_MARGIN, RENAME_QUIET, WRITER_RECHECK, Settler, is_ignored, open_for_writing
+
+from mounts import slow_disk
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -584,3 +587,33 @@ print("ok")
     finally:
         shutil.rmtree(folder)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_claims_wait_on_the_disk_side_by_side_and_are_answered_in_order(tmp_path: Path) -> None:
+    """Claims.ask runs claims on a few threads: on a disk whose fsyncs take 50 ms their waits
+    overlap (the disk sees several at once), yet the answers come back in the order asked."""
+    with slow_disk(tmp_path / "backing", tmp_path / "slow", fsync_ms=50) as fs:
+        inbox, work = fs.mount / "inbox", fs.mount / "work"
+        inbox.mkdir()
+        work.mkdir()
+        names = [f"c{i}.png" for i in range(8)]
+        for name in names:
+            (inbox / name).write_bytes(name.encode())
+        claims = claim.Claims()
+        try:
+            before = fs.fsyncs()
+            for name in names:
+                claims.ask("folder", candidate(inbox / name), inbox, work)
+            assert claims.pending() == claims.pending("folder") == len(names) and claims.pending("other") == 0
+            answers = []
+            while len(answers) < len(names):
+                select.select([claims.wake_fd], [], [], 10)
+                answers += [(cand.path.name, future.result()) for _, cand, future in claims.answered()]
+            assert claims.pending() == 0
+        finally:
+            assert claims.close() == 0
+        assert [name for name, _ in answers] == names
+        for name, job in answers:
+            assert job is not None and job.path.read_bytes() == name.encode() and not (inbox / name).exists()
+        assert fs.fsyncs() - before >= 2 * len(names)  # each job record: the file and its folder
+        assert 2 <= fs.most_at_once() <= claim.CLAIM_THREADS
