@@ -328,24 +328,25 @@ class Daemon:
             # A reload may have removed the folder or moved its inbox meanwhile: entries of the
             # old inbox are no longer ours to settle again or put back.
             watcher = folder.watcher
-            current = watcher is not None and not folder.retiring and cand.path.is_relative_to(watcher.inbox)
+            if watcher is not None and (folder.retiring or not cand.path.is_relative_to(watcher.inbox)):
+                watcher = None
             try:
                 job = answer.result()
             except claim.Changed:
                 log.debug("%s changed after it settled; waiting for it again", cand.path)
-                if current:
-                    watcher.resettle(cand.path)  # type: ignore[union-attr]
+                if watcher is not None:
+                    watcher.resettle(cand.path)
                 continue
             except StorageError as exc:
-                if current:
-                    watcher.put_back(cand)  # type: ignore[union-attr]
+                if watcher is not None:
+                    watcher.put_back(cand)
                 if folder.claim_pause.failed(now, str(exc)):
                     log.error("claiming paused: %s; the files wait in the inbox, retrying with back-off", exc)
                 continue
             if folder.claim_pause.succeeded():
                 log.warning("claiming resumed")
-            if current:
-                watcher.claimed(cand)  # type: ignore[union-attr]
+            if watcher is not None:
+                watcher.claimed(cand)
             if job is None:
                 continue
             log.debug("claimed %s as %s", folder.show(job.rel), job.id)
