@@ -594,7 +594,10 @@ def chart(cases: Sequence[Case], path: Path) -> Optional[Path]:
     ax1.set_title("throughput (higher is better)")
     ax1.legend()
     data = [c.results["srwatch"].get("latencies", [0]) for c in cases if "srwatch" in c.results]
-    ax2.boxplot(data, tick_labels=[lab for lab, c in zip(labels, cases) if "srwatch" in c.results])
+    if data:
+        ax2.boxplot(data, tick_labels=[lab for lab, c in zip(labels, cases) if "srwatch" in c.results])
+    else:  # --contenders without srwatch: no latencies to show
+        ax2.text(0.5, 0.5, "srwatch not run", ha="center", va="center", transform=ax2.transAxes)
     ax2.set_ylabel("seconds, drop -> output visible")
     ax2.set_title("srwatch latency per file (all dropped at once)")
     ax2.tick_params(axis="x", labelsize=8)

@@ -52,3 +52,18 @@ def test_bench_refuses_the_pipeline_without_the_engine_limit(tmp_path: Path) -> 
     )
     assert proc.returncode != 0
     assert "pipeline runs on the engine limit's best layout; add engine" in proc.stderr
+
+
+def test_bench_without_the_daemon_still_writes_its_report_and_chart(tmp_path: Path) -> None:
+    require(SHARED / "models" / "FSRCNN_x3.pb")
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [sys.executable, "-m", "srwatch.cli", "bench", "--models", "fsrcnn", "--workloads", "small",
+         "--max-files", "2", "--engines", "openvino", "--contenders", "engine,pipeline", "--backlog", "0",
+         "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [case] = json.loads((out / "bench.json").read_text())["cases"]
+    assert set(case["results"]) == {"engine_limit", "pipeline"}
+    assert (out / "bench.png").stat().st_size > 0
