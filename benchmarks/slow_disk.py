@@ -7,11 +7,11 @@
 No device-mapper delay target here, so the slow disk is a FUSE filesystem (tests/slowfs.py:
 fusepy over libfuse2, root for the mount) that passes every call to a folder on the local disk
 and, on each fsync of a file or a folder, does the real fsync and then sleeps --fsync-ms. All
-of srwatch's folders are on it (a claim is a rename, a delivery a link: one filesystem). FUSE
-has no leases, so the writer check falls back to the timing rule there (0.3 s after a rename)
-and the daemon says so in its log. Every call goes through a Python process, which takes some
-CPU of its own: compare runs of this script with each other (A/B on the same settings), not
-with `srwatch bench`.
+of srwatch's folders are on it (a claim is a rename, a delivery a link: one filesystem). Where
+the kernel refuses leases on it, the writer check falls back to the timing rule (0.3 s after a
+rename) and the figures say so (no_leases_noticed). Every call goes through a Python process,
+which takes some CPU of its own: compare runs of this script with each other (A/B on the same
+settings), not with `srwatch bench`.
 
 Reports files/s (first rename to the last output visible) and the fsyncs counted.
 """

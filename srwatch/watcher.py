@@ -213,10 +213,10 @@ def open_for_writing(path: Path) -> Optional[bool]:
     True or False, or None where the kernel cannot tell: a read lease (F_SETLEASE, Linux) is
     refused with EAGAIN while the file is open for writing anywhere on this machine (a writable
     shared mapping included), and it is let go at once. It needs the file's owner or
-    CAP_LEASE (EACCES otherwise) and a filesystem with leases (EINVAL on NFS, FUSE...). The
-    open is non-blocking: where Samba or the NFS server holds a lease of their own, it fails
-    at once (True: a client has it) instead of waiting for their lease to be broken. Writers on
-    other machines are never seen.
+    CAP_LEASE (EACCES otherwise) and a filesystem with leases (EINVAL on NFS, some FUSE
+    mounts...). The open is non-blocking: where Samba or the NFS server holds a lease of
+    their own, it fails at once (True: a client has it) instead of waiting for their lease to
+    be broken. Writers on other machines are never seen.
     """
     return _ask_kernel(path)[0]
 

@@ -8,9 +8,11 @@ This machine has no device-mapper delay target and no null_blk, so a disk whose 
 (a spinning disk, a network share) is played by a FUSE filesystem: fusepy over the system's
 libfuse2 (the package fusefat, a system test dependency, pulls it in), root and /dev/fuse for
 the mount. Every call goes to a folder on the local disk; an fsync of a file or a folder does
-the real fsync, then sleeps. FUSE has no leases: srwatch's writer check falls back to the
-timing rule there. The server is a Python process and takes CPU of its own for every call:
-compare runs on it with each other, not with runs on the local disk.
+the real fsync, then sleeps. This machine's kernel (6.18) grants local leases on it, so
+srwatch's writer check works there as on the local disk (a filesystem that refuses them, as
+NFS does, is played in tests/test_daemon.py with fs.leases-enable = 0). The server is a Python
+process and takes CPU of its own for every call: compare runs on it with each other, not with
+runs on the local disk.
 """
 from __future__ import annotations
 
