@@ -40,7 +40,7 @@ def test_bench_runs_every_contender_and_reports_the_pipeline_between_the_limit_a
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[columns.index("pipeline img/s")] == f"{results['pipeline']['images_per_s']:.2f}"
     assert cells[columns.index("srwatch/pipeline")] == f"{ratios['srwatch_vs_pipeline']:.2f}x"
-    assert (out / "bench.png").stat().st_size > 0 or "matplotlib not installed" in proc.stderr
+    assert (out / "bench.png").stat().st_size > 0  # matplotlib is a test dependency
 
 
 def test_bench_refuses_the_pipeline_without_the_engine_limit(tmp_path: Path) -> None:
