@@ -270,14 +270,15 @@ class Claims:
             yield self._line.popleft()
 
     def close(self) -> int:
-        """Wait for the claims under way; return how many were not taken from answered() (their
-        files, if claimed, wait in the work folder for the next start, like any queued job)."""
-        self._threads.shutdown(wait=True)
-        left = len(self._line)
+        """Wait for the claims under way, cancel those not started (their files stay in the
+        inbox, untouched); return how many files were claimed but not taken from answered():
+        they wait in the work folder for the next start, like any queued job."""
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        claimed = sum(1 for _, _, f in self._line if not f.cancelled() and f.exception() is None and f.result())
         self._line.clear()
         os.close(self._read)
         os.close(self._write)
-        return left
+        return claimed
 
 
 def _move_in(job: Job, src_fd: int, name: str) -> Optional[Job]:

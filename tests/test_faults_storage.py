@@ -277,3 +277,32 @@ def test_on_a_slow_disk_results_are_read_while_a_burst_is_claimed(tmp_path: Path
         unread_during[drop.rel] = sum(" claimed s" in line for line in lines[delivered:read])
     assert sum(" claimed s" in line for line in lines) == len(drops)
     assert max(unread_during.values()) <= 8, f"results left unread while files were claimed: {unread_during}"
+
+
+def test_stopped_while_claims_wait_on_a_slow_disk_nothing_is_lost(tmp_path: Path, fault_report) -> None:
+    """SIGTERM while claims are under way on their threads (every fsync 100 ms, so a claim takes
+    a quarter of a second): the daemon waits for them and exits 0, the files it claimed wait in
+    the work folder, the rest in the inbox, and the next start takes all of them up."""
+    with slow_disk(tmp_path / "backing", tmp_path / "slow", fsync_ms=100) as fs:
+        layout = Layout(fs.mount / "srw")
+        drops = [file_drop(f"t{i:02d}.png", 24, 24, seed=90 + i) for i in range(12)]
+        staged = []
+        for drop in drops:
+            staged.append(fs.mount / "staging" / drop.rel)
+            staged[-1].parent.mkdir(parents=True, exist_ok=True)
+            staged[-1].write_bytes(drop.data or b"")
+        with running(layout, log_name="../first.log", watch=FAST_WATCH) as daemon:
+            for path in staged:
+                os.rename(path, layout.inbox / path.name)
+            wait_for(lambda: layout.work_jobs(), 30, 0.005, "the first claim under way")
+            assert daemon.stop() == 0
+            first = daemon.log()
+        stopped = re.search(r"stopped: .*; (\d+) claimed file\(s\) wait for the next start", first)
+        assert stopped, first[-3000:]
+        left_claimed = len(layout.work_jobs())
+        assert int(stopped.group(1)) >= 1 and left_claimed >= 1, "the stop came while files were claimed"
+        assert entries(layout.inbox), "the stop came before the whole burst was claimed"
+        with running(layout, log_name="../second.log", watch=FAST_WATCH) as daemon:
+            wait_finished(layout, len(drops), 120, [daemon], "the files left by the stop")
+        check_and_report(fault_report, "stopped while claims waited on a slow disk", layout, drops,
+                         extra={"claimed at the stop": left_claimed})
