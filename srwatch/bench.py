@@ -20,8 +20,8 @@ Contenders, each in fresh processes, one after another (never side by side):
 
 Figures: images/s, output megapixels/s, latency p50/p95, CPU utilisation (CPU seconds of the
 whole process tree / wall seconds / cores), peak RSS per worker, and the ratios srwatch/naive,
-srwatch/engine-limit and srwatch/pipeline (within one run only: these machines are shared and noisy). With 10
-files or more also srwatch's steady pace, from its first output to its last (without the
+srwatch/engine-limit, srwatch/pipeline and pipeline/engine-limit (within one run only: these
+machines are shared and noisy). With 10 files or more also srwatch's steady pace, from its first output to its last (without the
 settle wait before the first file is taken), against the engine limit. Written to
 ``bench.json`` and ``bench.png`` in ``--out``.
 """
@@ -498,18 +498,18 @@ class Case:
     results: dict = field(default_factory=dict)
 
     def ratios(self) -> dict:
-        s = self.results["srwatch"]["images_per_s"]
-        steady = self.results["srwatch"].get("steady_images_per_s")
+        """srwatch against each other contender, and the pipeline against the limit (None where one was not run)."""
+        def ratio(a: Optional[float], b: str) -> Optional[float]:
+            return a / self.results[b]["images_per_s"] if a and b in self.results else None
+
+        srwatch = self.results.get("srwatch", {})
+        s, steady = srwatch.get("images_per_s"), srwatch.get("steady_images_per_s")
         return {
-            "srwatch_vs_naive": s / self.results["naive"]["images_per_s"] if "naive" in self.results else None,
-            "srwatch_vs_engine_limit": s / self.results["engine_limit"]["images_per_s"]
-            if "engine_limit" in self.results else None,
-            "srwatch_steady_vs_engine_limit": steady / self.results["engine_limit"]["images_per_s"]
-            if "engine_limit" in self.results and steady else None,
-            "pipeline_vs_engine_limit": self.results["pipeline"]["images_per_s"]
-            / self.results["engine_limit"]["images_per_s"]
-            if "pipeline" in self.results and "engine_limit" in self.results else None,
-            "srwatch_vs_pipeline": s / self.results["pipeline"]["images_per_s"] if "pipeline" in self.results else None,
+            "srwatch_vs_naive": ratio(s, "naive"),
+            "srwatch_vs_engine_limit": ratio(s, "engine_limit"),
+            "srwatch_steady_vs_engine_limit": ratio(steady, "engine_limit"),
+            "pipeline_vs_engine_limit": ratio(self.results.get("pipeline", {}).get("images_per_s"), "engine_limit"),
+            "srwatch_vs_pipeline": ratio(s, "pipeline"),
         }
 
 
@@ -527,8 +527,6 @@ def run_case(model: BenchModel, workload: Workload, engines: Sequence[str], tmp:
         case.results["engine_limit"] = run_engine_limit(model, files, engines, case_dir)
         _say(case, "engine_limit")
     if "pipeline" in contenders:
-        if "engine_limit" not in case.results:
-            raise SystemExit("--contenders: pipeline runs on the engine limit's best layout; add engine")
         case.results["pipeline"] = run_pipeline(model, files, case_dir / "pipeline", case.results["engine_limit"]["layout"])
         _say(case, "pipeline")
     if "srwatch" in contenders:
@@ -553,10 +551,9 @@ def table(cases: Sequence[Case]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cases:
         n, e, p, s = (c.results.get(k) for k in ("naive", "engine_limit", "pipeline", "srwatch"))
-        r = c.ratios() if s else {}
+        r = c.ratios()
         fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
         layout = f" ({e['layout']['engine']} {e['layout']['workers']}x{e['layout']['threads']})" if e else ""
-        pipeline_vs_limit = p["images_per_s"] / e["images_per_s"] if p and e else None
         lines.append(
             f"| {c.model} | {c.workload} | {c.files} | {fmt(n and n['images_per_s'])} | "
             f"{fmt(e and e['images_per_s'])}{layout} | {fmt(p and p['images_per_s'])} | "
@@ -566,7 +563,7 @@ def table(cases: Sequence[Case]) -> str:
             f"{fmt(s and s['cpu_utilisation'] and 100 * s['cpu_utilisation'], '{:.0f}')} | "
             f"{fmt(s and s['peak_rss_per_worker_mb'], '{:.0f}')} | "
             f"{fmt(r.get('srwatch_vs_naive'))}x | {fmt(r.get('srwatch_vs_engine_limit'))}x | "
-            f"{fmt(r.get('srwatch_steady_vs_engine_limit'))}x | {fmt(pipeline_vs_limit)}x | "
+            f"{fmt(r.get('srwatch_steady_vs_engine_limit'))}x | {fmt(r.get('pipeline_vs_engine_limit'))}x | "
             f"{fmt(r.get('srwatch_vs_pipeline'))}x |")
     return "\n".join(lines)
 
@@ -638,6 +635,9 @@ def _overrides(items: Sequence[str]) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; print a table, write bench.json and bench.png."""
     args = build_parser().parse_args(argv)
+    contenders = args.contenders.split(",")
+    if "pipeline" in contenders and "engine" not in contenders:
+        raise SystemExit("--contenders: pipeline runs on the engine limit's best layout; add engine")
     args.out.mkdir(parents=True, exist_ok=True)
     engines = [e for e in args.engines.split(",") if _engine_available(e)]
     cases: list[Case] = []
@@ -647,7 +647,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for workload in workloads(args.workloads.split(","), heavy=model.heavy):
                 if args.max_files:
                     workload = Workload(workload.name, workload.sizes[: args.max_files])
-                cases.append(run_case(model, workload, engines, tmp, args.contenders.split(","), _overrides(args.set)))
+                cases.append(run_case(model, workload, engines, tmp, contenders, _overrides(args.set)))
         backlog = None
         if args.backlog:
             backlog = run_backlog(resolve_models(["default"], tmp)[0], args.backlog, tmp / "backlog")
@@ -657,7 +657,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": sys.version.split()[0]},
         "overrides": args.set,
         "backlog": backlog,
-        "cases": [{**asdict(c), "ratios": c.ratios() if "srwatch" in c.results else {}} for c in cases],
+        "cases": [{**asdict(c), "ratios": c.ratios()} for c in cases],
     }
     (args.out / "bench.json").write_text(json.dumps(report, indent=1))
     chart(cases, args.out / "bench.png")
