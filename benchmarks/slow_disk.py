@@ -42,7 +42,7 @@ def run(files: int, side: int, fsync_ms: float, model: Path, work: Path) -> dict
             root = fs.mount / "srwatch"
             root.mkdir()
             config = shipped_config(root, model)
-            inputs = make_inputs(_made(work / "inputs"), Workload("small", ((side, side),) * files))
+            inputs = make_inputs(work / "inputs", Workload("small", ((side, side),) * files))
             staged = []
             for path in inputs:  # on the inbox's filesystem, so the drop is one rename
                 staged.append(root / "staging" / path.name)
@@ -79,11 +79,6 @@ def _stages(log: str) -> dict[str, float]:
         for stage, ms in re.findall(r"([a-z]+) (\d+) ms", m.group(1)):
             spent.setdefault(stage, []).append(float(ms))
     return {stage: round(sum(v) / len(v), 1) for stage, v in spent.items()}
-
-
-def _made(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def main() -> int:

@@ -83,9 +83,11 @@ def workloads(names: Sequence[str], heavy: bool) -> list[Workload]:
 
 
 def make_inputs(folder: Path, workload: Workload) -> list[Path]:
-    """Photo-like PNG files of the workload's sizes (crops of BSD100/Set5 photos, else noise)."""
+    """Photo-like PNG files of the workload's sizes (crops of BSD100/Set5 photos, else noise), in `folder` (made here)."""
     import cv2
     import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
 
     photos = sorted((SHARED / "datasets" / "BSD100" / "HR").glob("*.png")) or sorted(
         (SHARED / "datasets" / "Set5" / "HR").glob("*.png"))

@@ -41,10 +41,10 @@ TICK = 0.1  # in seconds: longest wait in the main loop
 STARTUP_TIMEOUT = 300.0  # in seconds: for a generation of workers to load their model
 RESPAWN_BACKOFF_MAX = 30.0  # in seconds, between restarts of a worker that keeps dying at once
 STATUS_EVERY = 2.0  # in seconds, between STATUS= updates to systemd and status-file writes
-# In seconds: the longest the loop claims files in one go before it dispatches and collects
-# results again. A claim waits on the disk (its job record's fsyncs: 3-4 ms here, tens of ms on
-# a slow disk or a network share); a burst of queue_size claims in a row left the workers idle
-# with their results unread.
+# In seconds: the longest the loop asks for claims in one go before it dispatches and collects
+# results again. The claims themselves wait on the disk on their own threads (claim.Claims),
+# but each ask first runs the writer check (an open and a lease: round trips on a network
+# share), and a burst of queue_size of them in a row would hold up the workers' results.
 CLAIM_BURST = 0.02
 
 

@@ -12,15 +12,20 @@ from conftest import SHARED, require
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_bench_runs_every_contender_and_reports_the_pipeline_between_the_limit_and_srwatch(tmp_path: Path) -> None:
+def bench(out: Path, files: int, contenders: str) -> subprocess.CompletedProcess:
+    """`srwatch bench` of FSRCNN_x3 on `files` small images, OpenVINO only, no backlog run."""
     require(SHARED / "models" / "FSRCNN_x3.pb")
-    out = tmp_path / "bench-out"
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "srwatch.cli", "bench", "--models", "fsrcnn", "--workloads", "small",
-         "--max-files", "6", "--engines", "openvino", "--contenders", "naive,engine,pipeline,srwatch",
-         "--backlog", "0", "--out", str(out)],
+         "--max-files", str(files), "--engines", "openvino", "--contenders", contenders, "--backlog", "0",
+         "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
+
+
+def test_bench_runs_every_contender_and_reports_the_pipeline_between_the_limit_and_srwatch(tmp_path: Path) -> None:
+    out = tmp_path / "bench-out"
+    proc = bench(out, 6, "naive,engine,pipeline,srwatch")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
     [case] = report["cases"]
@@ -44,25 +49,14 @@ def test_bench_runs_every_contender_and_reports_the_pipeline_between_the_limit_a
 
 
 def test_bench_refuses_the_pipeline_without_the_engine_limit(tmp_path: Path) -> None:
-    require(SHARED / "models" / "FSRCNN_x3.pb")
-    proc = subprocess.run(
-        [sys.executable, "-m", "srwatch.cli", "bench", "--models", "fsrcnn", "--workloads", "small",
-         "--max-files", "2", "--contenders", "pipeline", "--backlog", "0", "--out", str(tmp_path / "o")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
+    proc = bench(tmp_path / "o", 2, "pipeline")
     assert proc.returncode != 0
     assert "pipeline runs on the engine limit's best layout; add engine" in proc.stderr
 
 
 def test_bench_without_the_daemon_still_writes_its_report_and_chart(tmp_path: Path) -> None:
-    require(SHARED / "models" / "FSRCNN_x3.pb")
     out = tmp_path / "o"
-    proc = subprocess.run(
-        [sys.executable, "-m", "srwatch.cli", "bench", "--models", "fsrcnn", "--workloads", "small",
-         "--max-files", "2", "--engines", "openvino", "--contenders", "engine,pipeline", "--backlog", "0",
-         "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
+    proc = bench(out, 2, "engine,pipeline")
     assert proc.returncode == 0, proc.stderr[-3000:]
     [case] = json.loads((out / "bench.json").read_text())["cases"]
     assert set(case["results"]) == {"engine_limit", "pipeline"}

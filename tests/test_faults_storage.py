@@ -247,6 +247,14 @@ def test_temp_file_of_a_killed_run_is_swept_at_the_next_start(tmp_path: Path, fa
     check_and_report(fault_report, "temp file swept after a kill", layout, drops, extra={"caught": len(caught)})
 
 
+def _staged(folder: Path, drops: list[Drop]) -> list[Path]:
+    """The drops written into `folder` beforehand (on the inbox's filesystem), to be renamed in all at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for drop in drops:
+        (folder / drop.rel).write_bytes(drop.data or b"")
+    return [folder / drop.rel for drop in drops]
+
+
 def test_on_a_slow_disk_results_are_read_while_a_burst_is_claimed(tmp_path: Path, fault_report) -> None:
     """Every fsync waits 40 ms (a slow disk, a network share), so each claim takes about 0.1 s.
     While a burst is being claimed, a worker's result is still read at once (and its next file
@@ -255,11 +263,7 @@ def test_on_a_slow_disk_results_are_read_while_a_burst_is_claimed(tmp_path: Path
     with slow_disk(tmp_path / "backing", tmp_path / "slow", fsync_ms=40) as fs:
         layout = Layout(fs.mount / "srw")
         drops = [file_drop(f"s{i:02d}.png", 24, 24, seed=60 + i) for i in range(24)]
-        staged = []
-        for drop in drops:  # written beforehand on the same filesystem, renamed in all at once below
-            staged.append(fs.mount / "staging" / drop.rel)
-            staged[-1].parent.mkdir(parents=True, exist_ok=True)
-            staged[-1].write_bytes(drop.data or b"")
+        staged = _staged(fs.mount / "staging", drops)
         with running(layout, log_name="../daemon.log", watch=FAST_WATCH) as daemon:
             for path in staged:
                 os.rename(path, layout.inbox / path.name)
@@ -286,11 +290,7 @@ def test_stopped_while_claims_wait_on_a_slow_disk_nothing_is_lost(tmp_path: Path
     with slow_disk(tmp_path / "backing", tmp_path / "slow", fsync_ms=100) as fs:
         layout = Layout(fs.mount / "srw")
         drops = [file_drop(f"t{i:02d}.png", 24, 24, seed=90 + i) for i in range(12)]
-        staged = []
-        for drop in drops:
-            staged.append(fs.mount / "staging" / drop.rel)
-            staged[-1].parent.mkdir(parents=True, exist_ok=True)
-            staged[-1].write_bytes(drop.data or b"")
+        staged = _staged(fs.mount / "staging", drops)
         with running(layout, log_name="../first.log", watch=FAST_WATCH) as daemon:
             for path in staged:
                 os.rename(path, layout.inbox / path.name)
