@@ -3,15 +3,15 @@
 Each worker has its own pipe, so the supervisor always knows which files a worker holds; a
 worker that dies is noticed through its process sentinel. A worker busy with short jobs gets
 its next one sent ahead (`pool.prefetch`): it waits in the pipe, so the worker starts
-computing it the moment it has computed the one before, while its delivery thread still
-writes that one's output (worker.Delivery), instead of waiting for the supervisor to take a
-result in and send the next job. Workers are started with the 'spawn' method: forking a
-process whose OpenCV has started threads can deadlock. The child's code lives in worker.py;
-what crosses the pipe in messages.py. Besides the pipes, the workers share one thing: the
-busy board, two numbers per worker that say which file it computes and which it delivers,
-which the others read to choose their thread count and the pool reads when a worker dies
-(the file it was computing is the one it died on; one still unread in its pipe is not):
-BusyBoard.
+computing it the moment it has computed the one before, while its delivery threads still
+write the outputs of that one and those before (worker.Delivery), instead of waiting for the
+supervisor to take a result in and send the next job. Workers are started with the 'spawn'
+method: forking a process whose OpenCV has started threads can deadlock. The child's code
+lives in worker.py; what crosses the pipe in messages.py. Besides the pipes, the workers share one thing: the
+busy board, two numbers per worker that say which file it computes and which it has taken
+from its pipe, which the others read to choose their thread count and the pool reads to
+feed it and when it dies (the file it was computing is the one it died on; one still unread
+in its pipe is not): BusyBoard.
 
 A worker's state is changed here only (spawn, ready, dispatch, result, retire, death).
 """
@@ -50,18 +50,20 @@ BOARD_SLOTS = 256
 
 
 class BusyBoard:
-    """Two shared numbers per worker process: the dispatch numbers of the job it computes and of
-    the job it delivers, 0 for none.
+    """Two shared numbers per worker process: the dispatch number of the job it computes (0 for
+    none) and the highest dispatch number it has taken from its pipe.
 
-    Each worker writes only its own pair (worker.BoardSlot): computing the moment it takes a
-    job from its pipe, delivering when it hands the job to its delivery thread (before
-    computing is cleared), 0 after the result is sent; the pool hands pairs out and clears the
-    pair of a worker that is gone. Workers read the others' computing numbers before an
+    Each worker writes only its own pair (worker.BoardSlot): both the moment it takes a job
+    from its pipe, computing cleared when it hands the job to its delivery threads; the pool
+    hands pairs out and clears the pair of a worker that is gone. A job the worker holds is
+    thus computed (its number in the first), delivered (taken, not computed) or still unread
+    in its pipe (above the second). Workers read the others' computing numbers before an
     inference to run on fewer threads while others are busy (engine.prepare_crowded); the pool
-    reads a dead worker's pair to tell which job it died on (died_on()).
+    reads a worker's pair to tell how many jobs it still has to compute (to send the next one
+    ahead while it delivers others) and which job a dead worker died on (died_on()).
     """
 
-    COMPUTING, DELIVERING = 0, 1  # a slot's two lanes: array[2 * slot + lane]
+    COMPUTING, TAKEN = 0, 1  # a slot's two lanes: array[2 * slot + lane]
 
     def __init__(self, size: int = BOARD_SLOTS) -> None:
         self.array = _CTX.RawArray("q", 2 * size)
@@ -191,8 +193,8 @@ class Pool:
     def dispatch(self, worker: Worker, job: Job, cfg: Config, more_waiting: bool = False) -> bool:
         """Hand `job` (with its hot folder's config) to a worker with room; False if the worker just died.
 
-        An idle worker starts it at once; a busy one (see _has_room) once it has computed the job
-        it runs (while it delivers that one). A death is reported by wait(). The config travels
+        An idle worker starts it at once; a busy one (see _has_room) once it has computed the jobs
+        before it (while it delivers those). A death is reported by wait(). The config travels
         with the job, so hot folders that share a model share workers, and a reload that
         changes only output settings restarts nothing. With it goes whether the job will share
         the CPUs (other workers hold jobs, or `more_waiting` files wait): a worker that can runs
@@ -215,17 +217,32 @@ class Pool:
         return True
 
     def _has_room(self, w: Worker) -> bool:
-        """Idle; or busy, with fewer jobs sent ahead than pool.prefetch allows it.
+        """Idle; or busy, with fewer jobs still to compute than one plus what pool.prefetch allows.
 
-        With pool.max_jobs_per_worker, never more jobs than it may still do: it goes idle at
-        its last one and is recycled then.
+        Jobs it only delivers do not count: its main thread is free for the next one while its
+        delivery threads wait on the disk. With pool.max_jobs_per_worker, never more jobs than
+        it may still do: it goes idle at its last one and is recycled then.
         """
         held = (w.job is not None) + len(w.ahead)
         if self.max_jobs and w.jobs_done + held >= self.max_jobs:
             return False
         if w.state is WorkerState.IDLE:
             return True
-        return w.state is WorkerState.BUSY and len(w.ahead) < self._prefetch_for(w)
+        return w.state is WorkerState.BUSY and self._to_compute(w) < 1 + self._prefetch_for(w)
+
+    def _to_compute(self, w: Worker) -> int:
+        """Jobs `w` holds that it computes now or has not taken from its pipe yet (from the board).
+
+        A number read while the worker writes its pair can only count a job twice, never miss
+        one, so this errs towards sending less. Without a board slot: every job it holds.
+        """
+        held = ([w.job] if w.job is not None else []) + list(w.ahead)
+        if w.slot < 0:
+            return len(held)
+        computing = self.board.lane(w.slot, BusyBoard.COMPUTING)
+        taken = self.board.lane(w.slot, BusyBoard.TAKEN)
+        numbers = [w.numbers.get(j.id, 0) for j in held]
+        return sum(1 for n in numbers if n > taken) + (computing != 0 and computing in numbers)
 
     def _prefetch_for(self, w: Worker) -> int:
         if isinstance(self.prefetch, int):
@@ -272,17 +289,18 @@ class Pool:
         """Of the jobs a dead worker held, the one its death is charged to (None: it had taken none).
 
         The job it was computing (decode, inference, encode: where a bad file crashes a
-        process); if none, the job it was delivering. Without a board slot it cannot tell:
-        the oldest.
+        process); if none, the oldest it was delivering. Jobs still unread in its pipe are
+        never charged. Without a board slot it cannot tell: the oldest.
         """
         if w.slot < 0:
             return held[0] if held else None
         by_number = {w.numbers[j.id]: j for j in held if j.id in w.numbers}
-        for lane in (BusyBoard.COMPUTING, BusyBoard.DELIVERING):
-            job = by_number.get(self.board.lane(w.slot, lane))
-            if job is not None:
-                return job
-        return None
+        computing = by_number.get(self.board.lane(w.slot, BusyBoard.COMPUTING))
+        if computing is not None:
+            return computing
+        taken = self.board.lane(w.slot, BusyBoard.TAKEN)
+        delivering = [n for n in by_number if 0 < n <= taken]
+        return by_number[min(delivering)] if delivering else None
 
     def _drain(self, w: Worker) -> list[Event]:
         events: list[Event] = []

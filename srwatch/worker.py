@@ -4,7 +4,7 @@ This is the child's side of the process boundary (the supervisor's side is pool.
 job ends in exactly one message: Done, Failed (quarantined), Deferred (a folder could not
 take a write; the job stays claimed) or Gone. Nothing on a job's path escapes as a crash.
 A job has two halves: computing (read, decode, infer, encode: compute()) in the main thread,
-then delivering (outbox, archive: finish()) in the delivery thread, so the next job's
+then delivering (outbox, archive: finish()) on the delivery threads, so the next jobs'
 computing overlaps this one's waits on the disk (Delivery).
 """
 from __future__ import annotations
@@ -13,10 +13,11 @@ import ctypes
 import datetime
 import logging
 import os
-import queue
 import signal
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -35,6 +36,13 @@ log = logging.getLogger("srwatch.worker")
 
 PR_SET_PDEATHSIG = 1
 
+#: Deliveries one worker runs at once. A delivery mostly waits on the disk (six fsyncs in an
+#: order the exactly-once promise needs: 8-12 ms per small file on a local disk, 60-200 ms on
+#: a slow disk or a network share), so on a slow disk one at a time leaves the worker's core
+#: idle while it waits; on a fast one the next job's computing outlasts the delivery and
+#: the others stay unused. Each delivery in flight holds one encoded result in memory.
+DELIVERY_THREADS = 4
+
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL us if the supervisor dies, so no orphan keeps a claimed file."""
@@ -46,9 +54,11 @@ def _die_with_parent() -> None:
 
 
 class BoardSlot:
-    """This worker's two places on the pool's busy board (pool.BusyBoard: board[2 * slot] the
-    job it computes (decode, inference, encode), board[2 * slot + 1] the job it delivers; 0 for
-    none). The layout is written out here: the pool imports this module, not the reverse."""
+    """This worker's two places on the pool's busy board (pool.BusyBoard): board[2 * slot] the
+    dispatch number of the job it computes (decode, inference, encode; 0 for none),
+    board[2 * slot + 1] the highest dispatch number it has taken from its pipe. A job it holds
+    that it took and does not compute is being delivered. The layout is written out here: the
+    pool imports this module, not the reverse."""
 
     def __init__(self, board: Optional[Any], slot: int) -> None:
         import numpy as np  # here: the supervisor imports this module too, and needs no numpy
@@ -57,15 +67,17 @@ class BoardSlot:
         self.slot = slot
         self._computing = np.frombuffer(board, dtype=np.int64)[0::2] if self.board is not None else None
 
-    def computing(self, number: int) -> None:
-        """The job of this dispatch number is being computed (0: none any more)."""
+    def took(self, number: int) -> None:
+        """The job of this dispatch number is taken from the pipe and being computed."""
         if self.board is not None:
+            # Computing first: a death between the two writes is charged to this job, as it should.
             self.board[2 * self.slot] = number
-
-    def delivering(self, number: int) -> None:
-        """The job of this dispatch number is being delivered (0: none any more)."""
-        if self.board is not None:
             self.board[2 * self.slot + 1] = number
+
+    def computed(self) -> None:
+        """The job computed last is handed to the delivery threads: none is computed now."""
+        if self.board is not None:
+            self.board[2 * self.slot] = 0
 
     def others_busy(self) -> bool:
         """Whether another worker of the pool computes a job now (a delivery is mostly waiting on the disk)."""
@@ -111,12 +123,12 @@ def worker_main(cfg: Config, threads: int, conn: Connection, board: Optional[Any
                 item = conn.recv()
             except (EOFError, OSError):
                 return
-            if item is None:  # the sentinel: retire (after the delivery in hand)
+            if item is None:  # the sentinel: retire (after the deliveries in hand)
                 return
             job, job_cfg, crowded, number = item
-            mine.computing(number)  # first: from here on a crash is this job's, not the previous one's
+            mine.took(number)  # first: from here on a crash is this job's, not the previous one's
             log.debug("computing %s", job.rel)
-            delivery.hand(number, compute(processors, job_cfg, job, crowded))
+            delivery.hand(compute(processors, job_cfg, job, crowded))
     finally:
         delivery.close()
 
@@ -172,57 +184,61 @@ def finish(done: Computed) -> JobResult:
 
 
 class Delivery:
-    """The worker's delivery thread: while it writes, fsyncs and links one job's output and
-    archives its original, the main thread computes the next job (sent ahead by the pool).
+    """The worker's delivery threads: while they write, fsync and link earlier jobs' outputs and
+    archive their originals, the main thread computes the next job (sent ahead by the pool).
 
     A job's deliver and archive steps wait on the disk (six fsyncs: 8-12 ms per small file
-    here, far more on a slow disk or a network share) and would leave the worker's core idle. One
-    job at a time here, in the order handed, so results reach the supervisor in the order the
-    jobs were sent. The board says which job is where, so the pool knows what a dead worker
-    was computing and what it was delivering.
+    here, far more on a slow disk or a network share) and would leave the worker's core idle.
+    Up to `threads` deliveries run at once (DELIVERY_THREADS); their results go to the
+    supervisor in the order the jobs were handed, which is the order they were sent, so the
+    pool always knows which job a result ends. The board says which job is computed and which
+    were taken, so the pool knows what a dead worker was computing and what it was delivering.
     """
 
-    def __init__(self, conn: Connection, mine: BoardSlot) -> None:
+    def __init__(self, conn: Connection, mine: BoardSlot, threads: int = DELIVERY_THREADS) -> None:
         self.conn = conn
         self.mine = mine
         self.broken = False  # the pipe to the supervisor is gone: the worker stops
-        self._free = threading.Semaphore(1)
-        self._jobs: "queue.SimpleQueue[Optional[Computed]]" = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="delivery", daemon=True)
-        self._thread.start()
+        self._slots = threading.Semaphore(threads)  # deliveries in flight or waiting to be sent
+        self._lock = threading.Lock()  # the order queue and the pipe: one sender at a time
+        self._order: "deque[tuple[Computed, Future[JobResult]]]" = deque()
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="delivery")
 
-    def hand(self, number: int, done: Computed) -> None:
-        """Deliver `done` (dispatch `number`) once the previous job is delivered; returns at once then."""
-        self._free.acquire()
-        # Delivering before computing is cleared: the job is never off the board while held.
-        self.mine.delivering(number)
-        self.mine.computing(0)
-        self._jobs.put(done)
+    def hand(self, done: Computed) -> None:
+        """Deliver `done` once a delivery thread is free; returns at once then."""
+        self._slots.acquire()
+        self.mine.computed()  # taken and not computed: delivering, as the pool reads the board
+        with self._lock:
+            future = self._threads.submit(_finish_or_die, done)
+            self._order.append((done, future))
+        future.add_done_callback(self._send_in_order)
 
     def close(self) -> None:
-        """Finish the delivery in hand, then end the thread."""
-        self._free.acquire()
-        self._jobs.put(None)
-        self._thread.join()
+        """Finish the deliveries in hand and send their results, then end the threads."""
+        self._threads.shutdown(wait=True)
 
-    def _run(self) -> None:
-        while True:
-            done = self._jobs.get()
-            if done is None:
-                return
-            try:
-                result = finish(done)
+    def _send_in_order(self, _future: "Future[JobResult]") -> None:
+        # Whichever delivery ends sends every result now at the head of the order, its own
+        # included once those handed before it are sent.
+        with self._lock:
+            while self._order and self._order[0][1].done():
+                done, future = self._order.popleft()
+                result = future.result()
                 log.debug("delivered %s: %s", done.job.rel, type(result).__name__)
                 try:
                     self.conn.send(result)
                 except (OSError, ValueError):
                     self.broken = True
-                self.mine.delivering(0)
-            except BaseException:  # noqa: BLE001 - a bug of ours: die, so the pool sees a crash, not a stall
-                log.exception("delivery of %s failed unexpectedly; worker exits", done.job.rel)
-                os._exit(70)
-            done = result = None  # let go of the output now, not when the next job comes
-            self._free.release()
+                self._slots.release()
+
+
+def _finish_or_die(done: Computed) -> JobResult:
+    """finish() on a delivery thread; a bug of ours kills the worker, so the pool sees a crash, not a stall."""
+    try:
+        return finish(done)
+    except BaseException:  # noqa: BLE001
+        log.exception("delivery of %s failed unexpectedly; worker exits", done.job.rel)
+        os._exit(70)
 
 
 class Processors:

@@ -27,14 +27,13 @@ def _wait_for_next(conn, timeout: float = 30.0) -> None:
 def _take(conn, mine: BoardSlot) -> tuple:
     """Take the next job from the pipe and start computing it (as worker_main does); (job, number)."""
     job, _cfg, _crowded, number = conn.recv()
-    mine.computing(number)
+    mine.took(number)
     return job, number
 
 
-def _hand_to_delivery(mine: BoardSlot, number: int) -> None:
-    """What worker.Delivery.hand marks: delivering first, then computing cleared."""
-    mine.delivering(number)
-    mine.computing(0)
+def _hand_to_delivery(mine: BoardSlot) -> None:
+    """What worker.Delivery.hand marks: computing cleared (the job stays taken)."""
+    mine.computed()
 
 
 def _first_job_handed(conn, board, slot) -> tuple:
@@ -43,9 +42,9 @@ def _first_job_handed(conn, board, slot) -> tuple:
     Returns (the worker's board slot, the first job)."""
     mine = BoardSlot(board, slot)
     conn.send(Ready(scale=3, load_seconds=0.0))
-    job, number = _take(conn, mine)
+    job, _number = _take(conn, mine)
     _wait_for_next(conn)
-    _hand_to_delivery(mine, number)
+    _hand_to_delivery(mine)
     return mine, job
 
 
@@ -53,7 +52,6 @@ def _first_job_then_wait(conn, board, slot) -> BoardSlot:
     """As _first_job_handed, then report the first done (its delivery over)."""
     mine, job = _first_job_handed(conn, board, slot)
     conn.send(_done(job))
-    mine.delivering(0)
     return mine
 
 
@@ -81,4 +79,33 @@ def dies_computing_while_delivering(cfg, threads, conn, board, slot) -> None:
 def dies_delivering(cfg, threads, conn, board, slot) -> None:
     """Computes its first job, hands it to delivery and dies there, the next one unread in its pipe."""
     _first_job_handed(conn, board, slot)
+    os._exit(3)
+
+
+def _three_handed(conn, board, slot) -> BoardSlot:
+    """Ready; take three jobs one after the other, each handed to delivery once the next one is
+    sent ahead, and none delivered: the pool had to feed it while it delivered."""
+    mine = BoardSlot(board, slot)
+    conn.send(Ready(scale=3, load_seconds=0.0))
+    for _ in range(3):
+        _take(conn, mine)
+        _wait_for_next(conn)
+        _hand_to_delivery(mine)
+    return mine
+
+
+def dies_computing_while_delivering_three(cfg, threads, conn, board, slot) -> None:
+    """Delivers three jobs at once, takes the fourth and dies computing it, the fifth unread."""
+    mine = _three_handed(conn, board, slot)
+    _take(conn, mine)
+    _wait_for_next(conn)
+    os._exit(3)
+
+
+def dies_delivering_three(cfg, threads, conn, board, slot) -> None:
+    """Delivers three jobs at once and dies there, computing nothing, two more unread in its pipe
+    (it read the fourth from the pipe but died before marking it taken)."""
+    _three_handed(conn, board, slot)
+    conn.recv()
+    _wait_for_next(conn)
     os._exit(3)

@@ -23,6 +23,7 @@ from daemon_harness import (
     write_config,
 )
 from mounts import sysctl
+from srwatch.worker import DELIVERY_THREADS
 
 pytestmark = pytest.mark.slow
 
@@ -328,9 +329,11 @@ def test_a_burst_is_claimed_only_as_fast_as_the_queue_drains(layout: Layout) -> 
     finally:
         assert daemon.stop() == 0
     assert_each_input_once(layout, done)
-    # queue_size waiting + what the worker holds: the file it runs and the one sent ahead
-    # (pool.prefetch: auto sends one ahead to a worker on short files); never the whole burst.
-    assert peak <= 3 + 1 + 1, peak
+    # queue_size waiting + what the worker holds: the file it computes, the one sent ahead
+    # (pool.prefetch: auto sends one ahead to a worker on short files) and those its delivery
+    # threads still write (12x12 files compute in far less time than their fsyncs take);
+    # never the whole burst.
+    assert peak <= 3 + 1 + 1 + DELIVERY_THREADS, peak
 
 
 def test_systemd_notify_ready_status_watchdog_and_stopping(layout: Layout) -> None:

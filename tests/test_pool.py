@@ -65,3 +65,40 @@ def test_a_dead_worker_is_charged_only_for_the_file_it_was_computing(tmp_path: P
     assert (death.job.id if death.job else None) == charged
     assert [j.id for j in requeued] == requeued_ids
     assert pool.board.lane(worker.slot, 0) == pool.board.lane(worker.slot, 1) == 0 and worker not in pool.workers
+
+
+@pytest.mark.parametrize("target, charged, requeued_ids", [
+    # Computing the fourth while delivering three: only the fourth is charged.
+    (fake_workers.dies_computing_while_delivering_three, "job4", ["job5", "job3", "job2", "job1"]),
+    # Computing nothing: the oldest delivery is charged; the unread ones never are.
+    (fake_workers.dies_delivering_three, "job1", ["job5", "job4", "job3", "job2"]),
+])
+def test_a_worker_gets_its_next_job_while_it_delivers_and_never_more_than_prefetch_to_compute(
+        tmp_path: Path, target, charged, requeued_ids) -> None:
+    """With pool.prefetch 1 a worker holds at most two jobs to compute (one it computes or will
+    take next, one more in its pipe), however many it still delivers: the fakes take the third
+    job only once the pool has sent it while the first two were delivering, and the pool sends
+    exactly five before the death (a sixth would be a third job to compute)."""
+    requeued: list[Job] = []
+    cfg = _cfg(tmp_path)
+    pool = Pool(requeue=requeued.append, prefetch=1, target=target)
+    worker = pool.spawn(cfg, generation=1, threads=1)
+    sent: list[str] = []
+    events: list[Event] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not any(e.msg is None for e in events):
+            assert time.monotonic() < deadline, f"no death reported; sent {sent}"
+            for w in pool.with_room(1):
+                job = _job(tmp_path, f"job{len(sent) + 1}")
+                assert pool.dispatch(w, job, cfg)
+                sent.append(job.id)
+            events += pool.wait(0.02)
+    finally:
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(timeout=10)
+    assert sent == ["job1", "job2", "job3", "job4", "job5"]
+    [death] = [e for e in events if e.msg is None]
+    assert death.job is not None and death.job.id == charged
+    assert [j.id for j in requeued] == requeued_ids

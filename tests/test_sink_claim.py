@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -617,3 +618,46 @@ def test_claims_wait_on_the_disk_side_by_side_and_are_answered_in_order(tmp_path
             assert job is not None and job.path.read_bytes() == name.encode() and not (inbox / name).exists()
         assert fs.fsyncs() - before >= 2 * len(names)  # each job record: the file and its folder
         assert 2 <= fs.most_at_once() <= claim.CLAIM_THREADS
+
+
+def test_a_worker_delivers_side_by_side_and_reports_in_the_order_it_took_the_jobs(tmp_path: Path) -> None:
+    """worker.Delivery runs deliveries on several threads: a job whose outbox is on a disk whose
+    fsyncs take 200 ms does not hold up the next job's delivery to a fast disk, yet the
+    supervisor hears of the slow one first, as the pool expects (it sent them in that order)."""
+    from multiprocessing import Pipe
+
+    from srwatch.process import Rendered
+    from srwatch.worker import BoardSlot, Computed, Delivery
+
+    with slow_disk(tmp_path / "backing", tmp_path / "slow", fsync_ms=200) as fs:
+        (tmp_path / "fast").mkdir()
+        slow_cfg, fast_cfg = make_cfg(fs.mount), make_cfg(tmp_path / "fast")
+        first, second = claimed(slow_cfg, "first.png"), claimed(fast_cfg, "second.png")
+        rendered = Rendered(data=b"output", ext=".png", input_size=(1, 1), output_size=(3, 3), cached=False,
+                            notes=())
+        supervisor, worker = Pipe()
+        delivery = Delivery(worker, BoardSlot(None, -1))
+        try:
+            before = fs.fsyncs()
+            delivery.hand(Computed(first, slow_cfg, 0.0, 3, rendered=rendered))
+            delivery.hand(Computed(second, fast_cfg, 0.0, 3, rendered=rendered))
+            fast_output = fast_cfg.paths.outbox / "second_x3.png"
+            deadline = time.monotonic() + 10
+            while not (fast_output.exists() and (fast_cfg.paths.archive / "second.png").exists()):
+                assert time.monotonic() < deadline, "the second delivery waited for the first"
+                time.sleep(0.01)
+            # Delivered and archived, yet not reported: the first is still on the slow disk.
+            assert not supervisor.poll(0.1)
+            assert fs.fsyncs() - before < 6
+            results = []
+            while len(results) < 2:
+                assert supervisor.poll(10), f"results so far: {results}"
+                results.append(supervisor.recv())
+        finally:
+            delivery.close()
+        assert [type(r).__name__ for r in results] == ["Done", "Done"]
+        assert [r.job_id for r in results] == [first.id, second.id]
+        assert (slow_cfg.paths.outbox / "first_x3.png").read_bytes() == b"output"
+        assert (slow_cfg.paths.archive / "first.png").read_bytes() == b"data"
+        assert fs.fsyncs() - before >= 6  # the slow job's delivery and archive
+
