@@ -4,14 +4,16 @@ Layout of the work folder (same filesystem as the inbox, so the claim is one ren
 
     work/.srwatch-work             tag: this folder is srwatch's (it deletes only what it made)
     work/.srwatch.lock             one daemon per work folder (flock)
-    work/job-<id>/job.json         what the job is; written by the supervisor only
+    work/job-<id>/job.json         what the job is; written by the supervisor only, at the claim
+    work/job-<id>/attempts         its attempts so far: one byte each (the size is the count);
+                                   the supervisor's, set at every dispatch
     work/job-<id>/f/<rel path>     the claimed file itself
     work/job-<id>/delivered.json   written by whoever delivered the output (then only archiving is left)
     work/job-<id>/quarantine.json  the quarantine in progress: reason, target names
     work/retry-<dev>-<ino>.json    a file `srwatch quarantine retry` put back into the inbox: its
                                    attempts so far (written by the retry; read and removed by the claim)
 
-One writer per file: the supervisor owns job.json (attempts); the process holding the job
+One writer per file: the supervisor owns job.json and attempts; the process holding the job
 (a worker, or the supervisor after that worker died) writes the markers, atomically, with fsync.
 A job folder left behind by a crash or a kill is a job to take again at the next start.
 """
@@ -37,6 +39,7 @@ from . import safefs
 from .errors import ConfigError, StorageError
 
 JOB_RECORD = "job.json"
+ATTEMPTS = "attempts"
 DELIVERED = "delivered.json"
 QUARANTINE_INTENT = "quarantine.json"
 FILES_DIR = "f"
@@ -284,6 +287,8 @@ class Claims:
 def _move_in(job: Job, src_fd: int, name: str) -> Optional[Job]:
     try:
         job.job_dir.mkdir()
+        # Empty: no attempt yet. Made before the record, whose folder fsync makes its name durable.
+        os.close(os.open(job.job_dir / ATTEMPTS, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         write_record(job)
         job.path.parent.mkdir(parents=True)
         with safefs.opened_dir(job.path.parent) as dst_fd:
@@ -328,14 +333,35 @@ def write_record(job: Job) -> None:
 def set_attempts(job: Job, attempts: int) -> Job:
     """The job with its attempt count set and persisted (a crash loop stays bounded across restarts).
 
-    A job folder that is already gone (the job finished meanwhile) is left alone.
+    The count is the size of the job folder's `attempts` file: set with ftruncate and made
+    durable with one fdatasync (the size is what it keeps), in place. This is done at every
+    dispatch, on the supervisor's main thread: rewriting the record (temp, fsync, rename,
+    folder fsync) waited on the disk twice as long. A job folder that is already gone (the job
+    finished meanwhile) is left alone.
     """
     job = replace(job, attempts=max(0, attempts))
-    if job.job_dir.is_dir():
+    path = job.job_dir / ATTEMPTS
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    created = False
+    try:
         try:
-            write_record(job)
+            fd = os.open(path, flags)
         except FileNotFoundError:
-            pass
+            if not job.job_dir.is_dir():
+                return job
+            # A job claimed by an srwatch from before this file: its count was in the record.
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
+        try:
+            os.ftruncate(fd, job.attempts)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            with safefs.opened_dir(job.job_dir) as dir_fd:
+                safefs.fsync_dir(dir_fd)
+    except FileNotFoundError:
+        pass  # the job folder went meanwhile
     return job
 
 
@@ -409,9 +435,14 @@ def _load_record(job_dir: Path) -> Optional[Job]:
     if data is None:
         return None
     try:
+        attempts = os.stat(job_dir / ATTEMPTS, follow_symlinks=False).st_size
+    except OSError:
+        attempts = None  # claimed by an srwatch from before the file: the record has the count
+    try:
         return Job(
             id=str(data["id"]), rel=str(data["rel"]), job_dir=job_dir, claimed_at=str(data["claimed_at"]),
-            attempts=int(data.get("attempts", 0)), kind=str(data.get("kind", "file")),
+            attempts=attempts if attempts is not None else int(data.get("attempts", 0)),
+            kind=str(data.get("kind", "file")),
             size=int(data["size"]) if data.get("size") is not None else None,
             prior_attempts=int(data.get("prior_attempts", 0)),
         )

@@ -661,3 +661,33 @@ def test_a_worker_delivers_side_by_side_and_reports_in_the_order_it_took_the_job
         assert (slow_cfg.paths.archive / "first.png").read_bytes() == b"data"
         assert fs.fsyncs() - before >= 6  # the slow job's delivery and archive
 
+
+def test_an_attempt_is_counted_with_one_wait_on_the_disk_and_read_back_at_recovery(tmp_path: Path) -> None:
+    """set_attempts runs at every dispatch on the supervisor's main thread: on a disk whose
+    fsyncs take 30 ms it waits for one (the attempts file's size, in place), not two (a new
+    record and its folder), and recover() reads the count back, down as well as up. A job
+    claimed by an srwatch from before the attempts file keeps the count its record holds."""
+    with slow_disk(tmp_path / "backing", tmp_path / "slow", fsync_ms=30) as fs:
+        cfg = make_cfg(fs.mount)
+        claim.prepare_work_folder(cfg.work_dir)
+        job = claimed(cfg, "a.png")
+        assert [j.attempts for j in claim.recover(cfg.work_dir)] == [0]
+        for count in (1, 2, 1):
+            before = fs.fsyncs()
+            job = claim.set_attempts(job, count)
+            assert fs.fsyncs() - before == 1
+            assert [(j.id, j.attempts) for j in claim.recover(cfg.work_dir)] == [(job.id, count)]
+        assert (job.job_dir / claim.ATTEMPTS).stat().st_size == 1
+        assert json.loads((job.job_dir / claim.JOB_RECORD).read_text())["attempts"] == 0  # written once, at the claim
+
+        older = claimed(cfg, "b.png")
+        (older.job_dir / claim.ATTEMPTS).unlink()
+        record = json.loads((older.job_dir / claim.JOB_RECORD).read_text())
+        (older.job_dir / claim.JOB_RECORD).write_text(json.dumps({**record, "attempts": 2}))
+        assert {j.id: j.attempts for j in claim.recover(cfg.work_dir)}[older.id] == 2
+        before = fs.fsyncs()
+        claim.set_attempts(older, 3)
+        assert fs.fsyncs() - before == 2  # the new file's size, then its name in the folder
+        assert {j.id: j.attempts for j in claim.recover(cfg.work_dir)} == {job.id: 1, older.id: 3}
+        claim.release(older)
+        assert claim.set_attempts(older, 4).attempts == 4 and not older.job_dir.exists()  # gone: left alone
