@@ -233,14 +233,15 @@ class Pool:
     def _to_compute(self, w: Worker) -> int:
         """Jobs `w` holds that it computes now or has not taken from its pipe yet (from the board).
 
-        A number read while the worker writes its pair can only count a job twice, never miss
-        one, so this errs towards sending less. Without a board slot: every job it holds.
+        The worker writes computing, then taken; read in the other order, a pair read while it
+        writes can only count a job twice, never miss one, so this errs towards sending less.
+        Without a board slot: every job it holds.
         """
         held = ([w.job] if w.job is not None else []) + list(w.ahead)
         if w.slot < 0:
             return len(held)
-        computing = self.board.lane(w.slot, BusyBoard.COMPUTING)
         taken = self.board.lane(w.slot, BusyBoard.TAKEN)
+        computing = self.board.lane(w.slot, BusyBoard.COMPUTING)
         numbers = [w.numbers.get(j.id, 0) for j in held]
         return sum(1 for n in numbers if n > taken) + (computing != 0 and computing in numbers)
 
