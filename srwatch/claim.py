@@ -261,15 +261,24 @@ class Claims:
         return sum(1 for o, _, _ in self._line if owner is None or o is owner)
 
     def answered(self) -> Iterator[tuple[Any, Candidate, Future]]:
-        """(owner, candidate, future) of the claims answered, in the order asked: the first one
-        still under way holds back those after it. The future's result() is claim()'s: a Job,
-        None, or the Changed / StorageError it raised."""
+        """(owner, candidate, future) of the claims answered when called, in the order asked:
+        the first one still under way holds back those after it. The future's result() is
+        claim()'s: a Job, None, or the Changed / StorageError it raised.
+
+        Claims answered while the caller works through these wait for the next call: the
+        caller's work per answer (a dispatch, with its fsync) must not keep it from the
+        workers' results for as long as the threads keep answering."""
         try:
             while os.read(self._read, 4096):
                 pass
         except BlockingIOError:
             pass
-        while self._line and self._line[0][2].done():
+        ready = 0
+        for _, _, future in self._line:
+            if not future.done():
+                break
+            ready += 1
+        for _ in range(ready):
             yield self._line.popleft()
 
     def close(self) -> int:

@@ -46,6 +46,11 @@ STATUS_EVERY = 2.0  # in seconds, between STATUS= updates to systemd and status-
 # but each ask first runs the writer check (an open and a lease: round trips on a network
 # share), and a burst of queue_size of them in a row would hold up the workers' results.
 CLAIM_BURST = 0.02
+# In seconds: the same for dispatching. Each dispatch counts the attempt in the job folder (an
+# fdatasync: tens of ms on a slow disk), and a worker that only delivers takes its next file at
+# once, so on a slow disk a queue of small files could be dispatched for a second in a row
+# while the results waited.
+DISPATCH_BURST = 0.02
 
 
 @dataclass
@@ -105,6 +110,7 @@ class Daemon:
         self.stop_deadline = 0.0
         self._turn = 0  # rotates the first folder among equal priorities
         self._claim_cut = False  # the last claim burst ended on time with files left to claim
+        self._dispatch_cut = False  # the last dispatch burst ended on time with files left to send
         self.claims = claim.Claims()  # claims on a few threads; answers taken in the main loop
         self._generations = 0
         self.pending: Optional[Config] = None  # a reloaded config waiting for its new workers
@@ -384,6 +390,7 @@ class Daemon:
 
     def _dispatch(self) -> None:
         """Quarantine doomed jobs; give each worker with room the next job of the folders its group serves."""
+        self._dispatch_cut = False
         if self.stopping:
             return
         now = time.monotonic()
@@ -395,9 +402,13 @@ class Daemon:
                 continue
             folders = [f for f in self._in_turn(self.folders) if f.group == group.key and f.queue
                        and not f.sink_pause.waiting(now)]
+            until = time.monotonic() + DISPATCH_BURST  # each group's own, so none waits behind another's
             while folders:
                 room = self.pool.with_room(group.active)
                 if not room:
+                    break
+                if time.monotonic() >= until:
+                    self._dispatch_cut = True  # the rest next time round, after the results (see _sleep_for)
                     break
                 folder = folders.pop(0)
                 if not self._dispatch_one(folder, room[0]):
@@ -446,8 +457,8 @@ class Daemon:
 
     def _sleep_for(self) -> float:
         """How long the loop may wait for workers: a tick, or less when a settling file is due sooner
-        (nothing when the last claim burst left files to claim)."""
-        if self._claim_cut and not self.stopping:
+        (nothing when the last claim or dispatch burst left files to claim or send)."""
+        if (self._claim_cut or self._dispatch_cut) and not self.stopping:
             return 0.0
         due = [d for f in self.folders if f.watcher is not None and not f.retiring
                and (d := f.watcher.next_due()) is not None]

@@ -269,7 +269,8 @@ def test_on_a_slow_disk_results_are_read_while_a_burst_is_claimed(tmp_path: Path
                 os.rename(path, layout.inbox / path.name)
             wait_finished(layout, len(drops), 120, [daemon], "the burst on the slow disk")
             log = daemon.log()
-        assert fs.fsyncs() >= 10 * len(drops), "the daemon's fsyncs went through the slow disk"
+        # Nine per file: the claim's record (file, folder), the attempt at dispatch, the delivery's six.
+        assert fs.fsyncs() >= 9 * len(drops), "the daemon's fsyncs went through the slow disk"
         check_and_report(fault_report, "a burst on a disk whose fsyncs take 40 ms", layout, drops)
     # For each file: claims the supervisor logged after the worker had delivered it and before
     # the supervisor read that result (the lines of all processes go to one log, as they happen).
