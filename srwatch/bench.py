@@ -21,9 +21,9 @@ Contenders, each in fresh processes, one after another (never side by side):
 Figures: images/s, output megapixels/s, latency p50/p95, CPU utilisation (CPU seconds of the
 whole process tree / wall seconds / cores), peak RSS per worker, and the ratios srwatch/naive,
 srwatch/engine-limit, srwatch/pipeline and pipeline/engine-limit (within one run only: these
-machines are shared and noisy). With 10 files or more also srwatch's steady pace, from its first output to its last (without the
-settle wait before the first file is taken), against the engine limit. Written to
-``bench.json`` and ``bench.png`` in ``--out``.
+machines are shared and noisy). With 10 files or more also srwatch's steady pace, from its
+first output to its last (without the settle wait before the first file is taken), against
+the engine limit. Written to ``bench.json`` and ``bench.png`` in ``--out``.
 """
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ def workloads(names: Sequence[str], heavy: bool) -> list[Workload]:
 
 
 def make_inputs(folder: Path, workload: Workload) -> list[Path]:
-    """Photo-like PNG files of the workload's sizes (crops of BSD100/Set5 photos, else noise), in `folder` (made here)."""
+    """Photo-like PNG files of the workload's sizes in `folder` (made here): crops of BSD100/Set5
+    photos, else noise."""
     import cv2
     import numpy as np
 
@@ -529,7 +530,8 @@ def run_case(model: BenchModel, workload: Workload, engines: Sequence[str], tmp:
         case.results["engine_limit"] = run_engine_limit(model, files, engines, case_dir)
         _say(case, "engine_limit")
     if "pipeline" in contenders:
-        case.results["pipeline"] = run_pipeline(model, files, case_dir / "pipeline", case.results["engine_limit"]["layout"])
+        best = case.results["engine_limit"]["layout"]
+        case.results["pipeline"] = run_pipeline(model, files, case_dir / "pipeline", best)
         _say(case, "pipeline")
     if "srwatch" in contenders:
         case.results["srwatch"] = run_daemon(model, files, case_dir / "daemon", overrides)

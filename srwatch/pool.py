@@ -120,6 +120,11 @@ class Worker:
         return self.process.pid
 
     @property
+    def held(self) -> list[Job]:
+        """The jobs it holds, oldest first: the one it runs, then those sent ahead."""
+        return ([self.job] if self.job is not None else []) + list(self.ahead)
+
+    @property
     def how_it_ended(self) -> str:
         """Its exit status or signal in words (a Ray worker says how its actor was lost)."""
         return describe_exit(self.process.exitcode)
@@ -223,8 +228,7 @@ class Pool:
         delivery threads wait on the disk. With pool.max_jobs_per_worker, never more jobs than
         it may still do: it goes idle at its last one and is recycled then.
         """
-        held = (w.job is not None) + len(w.ahead)
-        if self.max_jobs and w.jobs_done + held >= self.max_jobs:
+        if self.max_jobs and w.jobs_done + len(w.held) >= self.max_jobs:
             return False
         if w.state is WorkerState.IDLE:
             return True
@@ -237,7 +241,7 @@ class Pool:
         writes can only count a job twice, never miss one, so this errs towards sending less.
         Without a board slot: every job it holds.
         """
-        held = ([w.job] if w.job is not None else []) + list(w.ahead)
+        held = w.held
         if w.slot < 0:
             return len(held)
         taken = self.board.lane(w.slot, BusyBoard.TAKEN)
@@ -276,7 +280,7 @@ class Pool:
         for w in dead:
             events.extend(self._drain(w))  # what it sent before dying (e.g. Done, then a crash on exit)
             w.process.join(timeout=1)
-            held = ([w.job] if w.job is not None else []) + list(w.ahead)
+            held = w.held
             job = self.died_on(w, held)
             # Every other file it held goes back first in its queue, uncharged: one still unread
             # in its pipe, or one it was delivering while it computed the one it died on.
@@ -390,7 +394,7 @@ class Pool:
     def with_room(self, generation: int) -> list[Worker]:
         """Workers of `generation` that take a job now: idle ones first, then those with room to prefetch."""
         room = [w for w in self.workers if w.generation == generation and self._has_room(w)]
-        return sorted(room, key=lambda w: (w.job is not None) + len(w.ahead))
+        return sorted(room, key=lambda w: len(w.held))
 
     def busy(self) -> list[Worker]:
         """Workers holding a job."""

@@ -201,7 +201,7 @@ class Delivery:
         self.broken = False  # the pipe to the supervisor is gone: the worker stops
         self._slots = threading.Semaphore(threads)  # deliveries in flight or waiting to be sent
         self._lock = threading.Lock()  # the order queue and the pipe: one sender at a time
-        self._order: "deque[tuple[Computed, Future[JobResult]]]" = deque()
+        self._order: "deque[tuple[str, Future[JobResult]]]" = deque()  # (job's name for the log, delivery)
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="delivery")
 
     def hand(self, done: Computed) -> None:
@@ -210,7 +210,7 @@ class Delivery:
         self.mine.computed()  # taken and not computed: delivering, as the pool reads the board
         with self._lock:
             future = self._threads.submit(_finish_or_die, done)
-            self._order.append((done, future))
+            self._order.append((done.job.rel, future))  # not `done`: its output goes once delivered
         future.add_done_callback(self._send_in_order)
 
     def close(self) -> None:
@@ -222,9 +222,9 @@ class Delivery:
         # included once those handed before it are sent.
         with self._lock:
             while self._order and self._order[0][1].done():
-                done, future = self._order.popleft()
+                rel, future = self._order.popleft()
                 result = future.result()
-                log.debug("delivered %s: %s", done.job.rel, type(result).__name__)
+                log.debug("delivered %s: %s", rel, type(result).__name__)
                 try:
                     self.conn.send(result)
                 except (OSError, ValueError):
