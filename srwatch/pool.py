@@ -237,9 +237,11 @@ class Pool:
     def _to_compute(self, w: Worker) -> int:
         """Jobs `w` holds that it computes now or has not taken from its pipe yet (from the board).
 
-        The worker writes computing, then taken; read in the other order, a pair read while it
-        writes can only count a job twice, never miss one, so this errs towards sending less.
-        Without a board slot: every job it holds.
+        The worker writes computing, then taken (worker.BoardSlot.took); read in the other
+        order, and a job counted as computed only once it is also marked taken, a pair read
+        while it writes still counts each job once. The count only falls as the worker goes
+        on, so a worker found with room still has it when dispatch() checks again. Without a
+        board slot: every job it holds.
         """
         held = w.held
         if w.slot < 0:
@@ -247,7 +249,7 @@ class Pool:
         taken = self.board.lane(w.slot, BusyBoard.TAKEN)
         computing = self.board.lane(w.slot, BusyBoard.COMPUTING)
         numbers = [w.numbers.get(j.id, 0) for j in held]
-        return sum(1 for n in numbers if n > taken) + (computing != 0 and computing in numbers)
+        return sum(1 for n in numbers if n > taken) + (0 < computing <= taken and computing in numbers)
 
     def _prefetch_for(self, w: Worker) -> int:
         if isinstance(self.prefetch, int):

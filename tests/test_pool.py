@@ -3,6 +3,7 @@ processes, real pipes and a real busy board, no model."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import fake_workers
 from srwatch.claim import Job
 from srwatch.config import parse_config
-from srwatch.pool import Event, Pool, WorkerState
+from srwatch.pool import BusyBoard, Event, Pool, Worker, WorkerState
 
 
 def _cfg(root: Path):
@@ -102,3 +103,25 @@ def test_a_worker_gets_its_next_job_while_it_delivers_and_never_more_than_prefet
     [death] = [e for e in events if e.msg is None]
     assert death.job is not None and death.job.id == charged
     assert [j.id for j in requeued] == requeued_ids
+
+
+def test_jobs_to_compute_are_counted_once_even_while_the_worker_writes_its_board_pair(tmp_path: Path) -> None:
+    """The pool reads a worker's pair while the worker may be writing it (computing first, then
+    taken). Every state on the way, the half-written ones included, counts each job once, and
+    the count never rises as the worker goes on: dispatch() checks the room with_room() found
+    again, after the attempt is written, and a count that rose in between once stopped the
+    daemon (`assert self._has_room(worker)`, 1,000 files at once)."""
+    pool = Pool()
+    first, second = _job(tmp_path, "first"), _job(tmp_path, "second")
+    worker = Worker("worker-1", process=None, conn=None, generation=1, started_at=0.0,  # type: ignore[arg-type]
+                    state=WorkerState.BUSY, job=first, ahead=deque([second]), slot=pool.board.take(),
+                    numbers={"first": 1, "second": 2})
+    states = [  # (computing, taken) as the worker takes, computes and hands on both jobs
+        (0, 0), (1, 0), (1, 1), (0, 1), (2, 1), (2, 2), (0, 2),
+    ]
+    counts = []
+    for computing, taken in states:
+        pool.board.array[2 * worker.slot + BusyBoard.COMPUTING] = computing
+        pool.board.array[2 * worker.slot + BusyBoard.TAKEN] = taken
+        counts.append(pool._to_compute(worker))
+    assert counts == [2, 2, 2, 1, 1, 1, 0]
