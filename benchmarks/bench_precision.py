@@ -1,12 +1,14 @@
-"""f32 vs bf16 vs int8 with the openvino engine: Set5 quality per scale and speed, interleaved.
+"""Model precisions side by side: Set5 quality per scale, and speed, interleaved.
 
     python benchmarks/bench_precision.py                          # quality x2/x3/x4, then speed (x3, 500x500)
     python benchmarks/bench_precision.py --no-speed --scales 3
     python benchmarks/bench_precision.py --no-quality --threads 1,2 --rounds 15
+    python benchmarks/bench_precision.py --engine onnxruntime --device cuda   # f32 vs f16 on a GPU
 
 Quality: the project's Set5 protocol (srwatch/evaluate.py: PIL bicubic LR, BT.601 Y-PSNR with a
-``scale`` px border) on the output of the real engine (srwatch.engine.load_engine, openvino,
-``model.precision`` f32 / bf16 / int8, tile off), plus each precision's Y-PSNR against the f32
+``scale`` px border) on the output of the real engine (srwatch.engine.load_engine, tile off;
+``--engine openvino``: ``model.precision`` f32 / bf16 / int8, ``--engine onnxruntime``: f32 /
+f16, ``--device`` for model.device), plus each precision's Y-PSNR against the f32
 output (how close it stays to the reference). int8 is the ``<stem>-int8.xml`` shipped beside
 ``models/EDSR-srwatch_x<scale>.onnx``; a scale without one is reported as missing.
 
@@ -37,7 +39,8 @@ from srwatch.engine.base import Engine  # noqa: E402
 from srwatch.engine.openvino import int8_model_path  # noqa: E402
 from srwatch.errors import ModelLoadError  # noqa: E402
 
-PRECISIONS = ("f32", "bf16", "int8")
+#: The precisions each engine offers (the default --precisions).
+PRECISIONS = {"openvino": ("f32", "bf16", "int8"), "onnxruntime": ("f32", "f16")}
 OFF = TileConfig(size="off")
 
 
@@ -46,11 +49,11 @@ def model_file(models_dir: Path, scale: int) -> Path:
     return models_dir / f"EDSR-srwatch_x{scale}.onnx"
 
 
-def load(model: Path, precision: str, threads: int) -> Optional[Engine]:
-    """The openvino engine at ``precision``, or None when int8 has no IR beside the model."""
+def load(model: Path, precision: str, threads: int, engine: str = "openvino", device: str = "cpu") -> Optional[Engine]:
+    """The engine at ``precision``, or None when int8 has no IR beside the model."""
     if precision == "int8" and not int8_model_path(model).is_file():
         return None
-    return load_engine(ModelConfig(path=model, engine="openvino", precision=precision), OFF, threads)
+    return load_engine(ModelConfig(path=model, engine=engine, device=device, precision=precision), OFF, threads)
 
 
 def rgb_upscaler(engine: Engine) -> ev.Upscaler:
@@ -64,10 +67,11 @@ def rgb_upscaler(engine: Engine) -> ev.Upscaler:
 # --- quality ----------------------------------------------------------------------------------
 
 
-def quality(models_dir: Path, scale: int, precisions: Sequence[str], dataset: Path, threads: int) -> dict:
+def quality(models_dir: Path, scale: int, precisions: Sequence[str], dataset: Path, threads: int,
+            engine: str = "openvino", device: str = "cpu") -> dict:
     """Set5 mean Y-PSNR/SSIM per precision and the mean Y-PSNR against the f32 output."""
     model = model_file(models_dir, scale)
-    engines = {p: load(model, p, threads) for p in precisions}
+    engines = {p: load(model, p, threads, engine, device) for p in precisions}
     methods: dict[str, ev.Upscaler] = {"bicubic": ev.bicubic_upscaler(scale)}
     methods.update({p: rgb_upscaler(e) for p, e in engines.items() if e is not None})
     results = {r.name: r for r in ev.evaluate(methods, dataset, scale)}
@@ -113,7 +117,7 @@ def format_quality(rows: Sequence[dict], precisions: Sequence[str]) -> str:
 
 
 def speed(model: Path, precisions: Sequence[str], threads_list: Sequence[int], size: tuple[int, int],
-          rounds: int) -> dict:
+          rounds: int, engine_name: str = "openvino", device: str = "cpu") -> dict:
     """Interleaved timing: {(threads, precision): [seconds per round]}."""
     from bench_engines import test_image
 
@@ -121,7 +125,7 @@ def speed(model: Path, precisions: Sequence[str], threads_list: Sequence[int], s
     engines = {}
     for threads in threads_list:
         for p in precisions:
-            engine = load(model, p, threads)
+            engine = load(model, p, threads, engine_name, device)
             if engine is None:
                 print(f"  {p}: no {int8_model_path(model).name}; skipped", file=sys.stderr)
                 continue
@@ -165,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models-dir", type=Path, default=REPO / "models")
     p.add_argument("--scales", default="2,3,4", help="quality: comma-separated scales (default 2,3,4)")
-    p.add_argument("--precisions", default=",".join(PRECISIONS))
+    p.add_argument("--engine", choices=tuple(PRECISIONS), default="openvino")
+    p.add_argument("--device", choices=("cpu", "cuda", "gpu"), default="cpu", help="model.device")
+    p.add_argument("--precisions", help="comma-separated (default: every precision the engine offers)")
     p.add_argument("--dataset", type=Path, default=ev.DEFAULT_DATASET, help="Set5 HR folder")
     p.add_argument("--quality-threads", type=int, default=2)
     p.add_argument("--speed-scales", default="3", help="speed: comma-separated scales (default 3)")
@@ -179,15 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    precisions = [p for p in args.precisions.split(",") if p]
+    precisions = [p for p in (args.precisions or ",".join(PRECISIONS[args.engine])).split(",") if p]
     try:
         if args.quality:
             rows = []
             for scale in (int(s) for s in args.scales.split(",")):
-                rows.append(quality(args.models_dir, scale, precisions, args.dataset, args.quality_threads))
+                rows.append(quality(args.models_dir, scale, precisions, args.dataset, args.quality_threads,
+                                    args.engine, args.device))
                 print(f"  x{scale}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1]["psnr"].items()),
                       file=sys.stderr, flush=True)
-            print(f"Set5 Y-PSNR (dB) / SSIM, openvino engine, {args.dataset}")
+            print(f"Set5 Y-PSNR (dB) / SSIM, {args.engine} engine on {args.device}, {args.dataset}")
             print(format_quality(rows, precisions))
             print()
         if args.speed:
@@ -196,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             threads_list = [int(t) for t in args.threads.split(",")]
             for scale in (int(s) for s in args.speed_scales.split(",")):
                 model = model_file(args.models_dir, scale)
-                times = speed(model, precisions, threads_list, size, args.rounds)
+                times = speed(model, precisions, threads_list, size, args.rounds, args.engine, args.device)
                 print(format_speed(times, precisions, threads_list, size, model))
                 print()
     except (ModelLoadError, FileNotFoundError) as exc:

@@ -59,7 +59,8 @@ class ModelConfig(_Section):
     # auto: bf16 with openvino (5x faster than f32 on CPUs with AMX/AVX512-BF16, Set5 within
     # 0.012 dB; OpenVINO runs f32 on CPUs without bf16), f32 with the other engines.
     # int8 runs the quantized <stem>-int8.xml beside model.path (python -m srwatch.quantize).
-    precision: Literal["auto", "f32", "bf16", "int8"] = "auto"
+    # f16: onnxruntime only, for model.device: cuda (tensor cores).
+    precision: Literal["auto", "f32", "bf16", "int8", "f16"] = "auto"
 
 
 class PoolConfig(_Section):

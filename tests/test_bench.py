@@ -61,3 +61,29 @@ def test_bench_without_the_daemon_still_writes_its_report_and_chart(tmp_path: Pa
     [case] = json.loads((out / "bench.json").read_text())["cases"]
     assert set(case["results"]) == {"engine_limit", "pipeline"}
     assert (out / "bench.png").stat().st_size > 0
+
+
+def test_gpu_bench_runs_every_contender_on_the_cpu_and_writes_its_record(tmp_path: Path) -> None:
+    """benchmarks/bench_gpu.py is meant for a CUDA machine (none here, none in CI): its CPU run
+    exercises the same code, so the script a lent GPU session starts is known to work."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bench_gpu.py", "--device", "cpu", "--models", "default", "--sizes", "32x32,48x40",
+         "--repeat", "1", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["environment"]["device"] == "cpu"
+    rows = record["rows"]
+    assert [(r["size"], r["contender"]) for r in rows] == [
+        (size, contender) for size in ("32x32", "48x40")
+        for contender in ("torch bf16 (no copies)", "torch bf16 (copies)", "srwatch f32", "srwatch f16")
+    ]
+    assert all(r["error"] is None and r["seconds"] > 0 for r in rows), rows
+    for r in rows:
+        width, height = (int(v) for v in r["size"].split("x"))
+        assert abs(r["seconds_per_mp"] - r["seconds"] / (width * height / 1e6)) < 1e-9
+        # srwatch's rows are compared with PyTorch's run with the same copies; PyTorch's own are not.
+        assert (r["ratio_to_torch"] is not None) == r["contender"].startswith("srwatch")
+    assert "| default | 48x40 | srwatch f16 |" in proc.stdout

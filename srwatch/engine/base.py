@@ -412,10 +412,16 @@ class Engine(abc.ABC):
         return widest
 
 
-def require_f32(model_cfg: ModelConfig, engine: str) -> None:
-    """ModelLoadError unless model.precision is f32 (only openvino offers bf16)."""
-    if model_cfg.precision not in ("f32", "auto"):
-        raise ModelLoadError(f"model.precision: {model_cfg.precision} needs model.engine: openvino (not {engine})")
+#: The engines that offer each precision besides f32 (which all do).
+PRECISION_ENGINES = {"bf16": "openvino", "int8": "openvino", "f16": "onnxruntime"}
+
+
+def require_precision(model_cfg: ModelConfig, engine: str) -> None:
+    """ModelLoadError unless `engine` offers model.precision (f32 and auto: every engine)."""
+    wanted = model_cfg.precision
+    offered_by = PRECISION_ENGINES.get(wanted)
+    if offered_by is not None and offered_by != engine:
+        raise ModelLoadError(f"model.precision: {wanted} needs model.engine: {offered_by} (not {engine})")
 
 
 def widest_layer_cv2(info: ModelInfo) -> Optional[float]:

@@ -16,7 +16,7 @@ import numpy as np
 from ..config import ModelConfig, TileConfig
 from .. import tiling
 from ..errors import ModelError, ModelLoadError
-from .base import DNN_SUPERRES_BYTES_PER_OUTPUT_PIXEL, Engine, require_f32, widest_layer_cv2
+from .base import DNN_SUPERRES_BYTES_PER_OUTPUT_PIXEL, Engine, require_precision, widest_layer_cv2
 from .models import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -141,5 +141,5 @@ def _short(exc: cv2.error) -> str:
 
 def load_opencv(info: ModelInfo, model_cfg: ModelConfig, tile_cfg: TileConfig, threads: int) -> OpenCVEngine:
     """Build the opencv engine (load_engine runs the checks)."""
-    require_f32(model_cfg, "opencv")
+    require_precision(model_cfg, "opencv")
     return OpenCVEngine(info, tile_cfg, threads, device=model_cfg.device)

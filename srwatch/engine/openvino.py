@@ -24,7 +24,7 @@ import numpy as np
 from .. import tiling
 from ..config import ModelConfig, TileConfig, resolve_precision
 from ..errors import ModelLoadError
-from .base import Engine
+from .base import Engine, require_precision
 from .models import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -294,4 +294,5 @@ def _first_line(exc: BaseException) -> str:
 
 def load_openvino(info: ModelInfo, model_cfg: ModelConfig, tile_cfg: TileConfig, threads: int) -> OpenVINOEngine:
     """Build the openvino engine (load_engine runs the checks)."""
+    require_precision(model_cfg, "openvino")
     return OpenVINOEngine(info, tile_cfg, threads, device=model_cfg.device, precision=resolve_precision(model_cfg))
