@@ -58,7 +58,9 @@ def serve(backing: str, mount: str, fsync_ms: float, counter: str) -> None:
                 fsyncs[0] += 1
                 fsyncs[1] += 1
                 fsyncs[2] = max(fsyncs[2], fsyncs[1])
-                Path(counter).write_text(f"{fsyncs[0]} {fsyncs[2]}")
+                # Whole or not at all: a reader must never find the file truncated (it read 0).
+                Path(counter + ".tmp").write_text(f"{fsyncs[0]} {fsyncs[2]}")
+                os.replace(counter + ".tmp", counter)
             time.sleep(delay)
             with lock:
                 fsyncs[1] -= 1
