@@ -14,9 +14,13 @@ networks, each as an ONNX file for srwatch and as the PyTorch module it was expo
   ``EDSR_x3.pb`` costs (the network of FACTS.md's figure: 0.24 s per input MP, bf16, H100).
 
 Contenders per network and input size, timed as the median of ``--repeat`` runs after one
-warm-up run (cuDNN picks its algorithms on the first run of a shape):
+warm-up run (cuDNN picks its algorithms on the first run of a shape), and on ``--mixed N``
+images of N different sizes (a hot folder's photos), each run once, after a warm-up on
+another size: there every new size pays onnxruntime's cuDNN algorithm search, which
+``--search`` sets (``EXHAUSTIVE``, onnxruntime's default, and ``HEURISTIC``; srwatch's
+``engine.onnxruntime.CUDA_PROVIDER_OPTIONS``):
 
-- ``srwatch f32`` / ``srwatch f16``: ``Engine.upscale`` of a BGR uint8 image through
+- ``srwatch f32`` / ``srwatch f16`` (with the search mode on a GPU): ``Engine.upscale`` of a BGR uint8 image through
   srwatch.engine.load_engine (``model.precision`` f32 or f16, ``tile.size`` as given): what a
   worker pays per file, host-side pre- and post-processing and the copies to and from the GPU
   included;
@@ -105,36 +109,59 @@ def device_memory_in_use(device: str) -> Optional[int]:
     return total - free
 
 
-def time_srwatch(onnx_path: Path, precision: str, device: str, tile: str, img: np.ndarray,
-                 repeat: int) -> tuple[float, Optional[float]]:
-    """srwatch's onnxruntime engine: (median seconds per upscale, device MiB it holds)."""
+def mixed_images(count: int, around: tuple[int, int]) -> list[np.ndarray]:
+    """`count` photo-like images, each a different size within 20 % of `around` (seeded)."""
+    rng = np.random.default_rng(9)
+    sizes: set[tuple[int, int]] = set()
+    while len(sizes) < count:
+        sizes.add((int(around[0] * rng.uniform(0.8, 1.2)), int(around[1] * rng.uniform(0.8, 1.2))))
+    return [test_image(w, h) for w, h in sorted(sizes)]
+
+
+def time_srwatch(onnx_path: Path, precision: str, device: str, tile: str, images: Sequence[np.ndarray],
+                 repeat: int, search: Optional[str]) -> tuple[float, Optional[float]]:
+    """srwatch's onnxruntime engine: (seconds per upscale, device MiB it holds).
+
+    One image: the median of `repeat` after a warm-up. Several (each a new size): each once,
+    after a warm-up on a size of its own, and the mean.
+    """
     from srwatch.config import ModelConfig, TileConfig
     from srwatch.engine import load_engine
+    from srwatch.engine import onnxruntime as ort_engine
 
+    ort_engine.CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": search} if search else {}
     before = device_memory_in_use(device)
     engine = load_engine(
         ModelConfig(path=onnx_path, engine="onnxruntime", device=device, precision=precision),
         TileConfig(size=tile if tile in ("auto", "off") else int(tile)),
         threads=2,
     )
-    seconds = median_time(lambda: engine.upscale(img), repeat, lambda: None)
+    if len(images) == 1:
+        seconds = median_time(lambda: engine.upscale(images[0]), repeat, lambda: None)
+    else:
+        engine.upscale(test_image(64, 48))
+        t0 = time.perf_counter()
+        for img in images:
+            engine.upscale(img)
+        seconds = (time.perf_counter() - t0) / len(images)
     after = device_memory_in_use(device)
     del engine
     return seconds, (after - before) / MIB if before is not None and after is not None else None
 
 
-def time_torch(module, device: str, img: np.ndarray, repeat: int, copies: bool) -> tuple[float, Optional[float]]:
-    """PyTorch bf16 autocast: (median seconds per forward, peak device MiB)."""
+def time_torch(module, device: str, images: Sequence[np.ndarray], repeat: int,
+               copies: bool) -> tuple[float, Optional[float]]:
+    """PyTorch bf16 autocast: (seconds per forward, peak device MiB); several images as in time_srwatch."""
     import torch
 
     dev = torch.device(device)
     net = module.to(dev).to(memory_format=torch.channels_last)
-    host = np.ascontiguousarray(img.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
-    on_device = torch.from_numpy(host).to(dev).contiguous(memory_format=torch.channels_last)
+    hosts = [np.ascontiguousarray(img.transpose(2, 0, 1)[None].astype(np.float32) / 255.0) for img in images]
+    on_device = [torch.from_numpy(h).to(dev).contiguous(memory_format=torch.channels_last) for h in hosts]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-    def forward() -> object:
-        x = torch.from_numpy(host).to(dev).contiguous(memory_format=torch.channels_last) if copies else on_device
+    def forward(i: int = 0) -> object:
+        x = torch.from_numpy(hosts[i]).to(dev).contiguous(memory_format=torch.channels_last) if copies else on_device[i]
         with torch.inference_mode(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
             y = net(x)
         return y.float().cpu().numpy() if copies else y
@@ -142,7 +169,14 @@ def time_torch(module, device: str, img: np.ndarray, repeat: int, copies: bool) 
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    seconds = median_time(forward, repeat, sync)
+    if len(images) == 1:
+        seconds = median_time(forward, repeat, sync)
+    else:
+        t0 = time.perf_counter()
+        for i in range(len(images)):
+            forward(i)
+        sync()
+        seconds = (time.perf_counter() - t0) / len(images)
     peak = torch.cuda.max_memory_allocated() / MIB if device == "cuda" else None
     module.to("cpu")
     if device == "cuda":
@@ -151,24 +185,27 @@ def time_torch(module, device: str, img: np.ndarray, repeat: int, copies: bool) 
 
 
 def bench(networks: Sequence[str], sizes: Sequence[tuple[int, int]], device: str, precisions: Sequence[str],
-          tile: str, repeat: int) -> list[Row]:
+          tile: str, repeat: int, searches: Sequence[str] = (), mixed: int = 0) -> list[Row]:
     """Every contender on every network and size; a contender that fails gets a row with its error."""
     rows: list[Row] = []
+    workloads: list[tuple[str, list[np.ndarray]]] = [(f"{w}x{h}", [test_image(w, h)]) for w, h in sizes]
+    if mixed > 1 and sizes:
+        workloads.append((f"{mixed} sizes", mixed_images(mixed, sizes[0])))
+    modes: list[Optional[str]] = list(searches) if device == "cuda" and searches else [None]
     with tempfile.TemporaryDirectory(prefix="srwatch-gpu-") as tmp:
         for name in networks:
             module, onnx_path = build_network(name, Path(tmp))
-            for width, height in sizes:
-                img = test_image(width, height)
-                mp = width * height / 1e6
-                label = f"{width}x{height}"
+            for label, images in workloads:
+                mp = sum(img.shape[0] * img.shape[1] for img in images) / len(images) / 1e6
                 found: list[Row] = []
                 cases: list[tuple[str, Callable[[], tuple[float, Optional[float]]]]] = [
                     ("torch bf16 (GPU only)" if device == "cuda" else "torch bf16 (no copies)",
-                     lambda: time_torch(module, device, img, repeat, copies=False)),
-                    ("torch bf16 (copies)", lambda: time_torch(module, device, img, repeat, copies=True)),
+                     lambda: time_torch(module, device, images, repeat, copies=False)),
+                    ("torch bf16 (copies)", lambda: time_torch(module, device, images, repeat, copies=True)),
                 ]
-                cases += [(f"srwatch {p}", lambda p=p: time_srwatch(onnx_path, p, device, tile, img, repeat))
-                          for p in precisions]
+                cases += [(f"srwatch {p}" + (f" {m.lower()}" if m else ""),
+                           lambda p=p, m=m: time_srwatch(onnx_path, p, device, tile, images, repeat, m))
+                          for p in precisions for m in modes]
                 for contender, run in cases:
                     try:
                         seconds, memory = run()
@@ -222,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="500x500,1000x1000", help="comma-separated input WIDTHxHEIGHT")
     p.add_argument("--precisions", default="f32,f16", help="srwatch's model.precision values to time")
     p.add_argument("--tile", default="off", help="srwatch's tile.size: off, auto or pixels")
+    p.add_argument("--search", default="EXHAUSTIVE,HEURISTIC",
+                   help="on a GPU: onnxruntime's cudnn_conv_algo_search values to time srwatch with")
+    p.add_argument("--mixed", type=int, default=8,
+                   help="also N images of N sizes around the first --sizes, each run once (0: not)")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--out", type=Path, help="write the rows and the environment as JSON here")
     return p
@@ -242,7 +283,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             onnxruntime.preload_dlls()
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     precisions = [p for p in args.precisions.split(",") if p]
-    rows = bench(networks, sizes, args.device, precisions, args.tile, args.repeat)
+    searches = [m.upper() for m in args.search.split(",") if m]
+    rows = bench(networks, sizes, args.device, precisions, args.tile, args.repeat, searches, args.mixed)
     print(format_rows(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ def test_gpu_bench_runs_every_contender_on_the_cpu_and_writes_its_record(tmp_pat
     out = tmp_path / "gpu.json"
     proc = subprocess.run(
         [sys.executable, "benchmarks/bench_gpu.py", "--device", "cpu", "--models", "default", "--sizes", "32x32,48x40",
-         "--repeat", "1", "--out", str(out)],
+         "--mixed", "3", "--repeat", "1", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -77,13 +77,16 @@ def test_gpu_bench_runs_every_contender_on_the_cpu_and_writes_its_record(tmp_pat
     assert record["environment"]["device"] == "cpu"
     rows = record["rows"]
     assert [(r["size"], r["contender"]) for r in rows] == [
-        (size, contender) for size in ("32x32", "48x40")
+        (size, contender) for size in ("32x32", "48x40", "3 sizes")  # 3 sizes: around the first, each once
         for contender in ("torch bf16 (no copies)", "torch bf16 (copies)", "srwatch f32", "srwatch f16")
     ]
     assert all(r["error"] is None and r["seconds"] > 0 for r in rows), rows
     for r in rows:
-        width, height = (int(v) for v in r["size"].split("x"))
-        assert abs(r["seconds_per_mp"] - r["seconds"] / (width * height / 1e6)) < 1e-9
+        if "x" in r["size"]:
+            width, height = (int(v) for v in r["size"].split("x"))
+            assert abs(r["seconds_per_mp"] - r["seconds"] / (width * height / 1e6)) < 1e-9
+        else:  # sizes within 20 % of 32x32 a side: between 0.64x and 1.44x its pixels
+            assert 0.64 * 32 * 32 / 1e6 <= r["seconds"] / r["seconds_per_mp"] <= 1.44 * 32 * 32 / 1e6
         # srwatch's rows are compared with PyTorch's run with the same copies; PyTorch's own are not.
         assert (r["ratio_to_torch"] is not None) == r["contender"].startswith("srwatch")
     assert "| default | 48x40 | srwatch f16 |" in proc.stdout

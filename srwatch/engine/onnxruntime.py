@@ -36,7 +36,14 @@ def _import_onnxruntime() -> Any:
     return onnxruntime
 
 
-def providers_for(ort: Any, device: str) -> list[str]:
+#: Options for onnxruntime's CUDA execution provider. Empty: onnxruntime's defaults, among them
+#: an exhaustive cuDNN algorithm search on the first run of every input shape.
+#: benchmarks/bench_gpu.py times that against "HEURISTIC" on inputs of many sizes (a hot
+#: folder's photos), where each new size pays the search; not measured yet (no GPU here).
+CUDA_PROVIDER_OPTIONS: dict[str, str] = {}
+
+
+def providers_for(ort: Any, device: str) -> list[Any]:
     """Execution providers for model.device; ModelLoadError when not installed."""
     if device == "cpu":
         return ["CPUExecutionProvider"]
@@ -45,7 +52,7 @@ def providers_for(ort: Any, device: str) -> list[str]:
             f"model.device: {device} needs onnxruntime's CUDAExecutionProvider: "
             "pip install onnxruntime-gpu (instead of onnxruntime), or use model.device: cpu"
         )
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", dict(CUDA_PROVIDER_OPTIONS)), "CPUExecutionProvider"]
 
 
 def _float16_graph(info: ModelInfo) -> bytes:
