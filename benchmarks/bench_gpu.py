@@ -277,10 +277,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.device == "cuda":
         import onnxruntime
+        import torch  # noqa: F401  - loads CUDA's and cuDNN's libraries from PyTorch's nvidia-* wheels
 
-        # onnxruntime-gpu finds CUDA's and cuDNN's libraries in the nvidia-* wheels PyTorch brought.
+        # onnxruntime-gpu 1.21+ can also look for them there itself.
         if hasattr(onnxruntime, "preload_dlls"):
-            onnxruntime.preload_dlls()
+            try:
+                onnxruntime.preload_dlls()
+            except Exception as exc:  # the libraries torch loaded serve as well
+                print(f"bench_gpu: onnxruntime.preload_dlls: {exc}", file=sys.stderr)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     precisions = [p for p in args.precisions.split(",") if p]
     searches = [m.upper() for m in args.search.split(",") if m]
