@@ -42,6 +42,11 @@ PR_SET_PDEATHSIG = 1
 #: idle while it waits; on a fast one the next job's computing outlasts the delivery and
 #: the others stay unused. Each delivery in flight holds one encoded result in memory.
 DELIVERY_THREADS = 4
+#: Bytes of encoded results one worker's deliveries may hold at once. Four small results are
+#: a few MB, but on a slow disk four PNGs of a 6000x6000 result (70-100 MB each) would stay in
+#: every worker; past this the next result waits (and the worker computes nothing new, so the
+#: pool sends it nothing more) until one is delivered. One result alone always goes, however big.
+DELIVERY_BYTES = 256 << 20
 
 
 def _die_with_parent() -> None:
@@ -189,28 +194,40 @@ class Delivery:
 
     A job's deliver and archive steps wait on the disk (six fsyncs: 8-12 ms per small file
     here, far more on a slow disk or a network share) and would leave the worker's core idle.
-    Up to `threads` deliveries run at once (DELIVERY_THREADS); their results go to the
+    Up to `threads` deliveries run at once (DELIVERY_THREADS), holding at most `max_bytes` of
+    encoded output between them (DELIVERY_BYTES; one alone may hold more); their results go to the
     supervisor in the order the jobs were handed, which is the order they were sent, so the
     pool always knows which job a result ends. The board says which job is computed and which
     were taken, so the pool knows what a dead worker was computing and what it was delivering.
     """
 
-    def __init__(self, conn: Connection, mine: BoardSlot, threads: int = DELIVERY_THREADS) -> None:
+    def __init__(self, conn: Connection, mine: BoardSlot, threads: int = DELIVERY_THREADS,
+                 max_bytes: int = DELIVERY_BYTES) -> None:
         self.conn = conn
         self.mine = mine
         self.broken = False  # the pipe to the supervisor is gone: the worker stops
-        self._slots = threading.Semaphore(threads)  # deliveries in flight or waiting to be sent
+        self._max_held, self._max_bytes = threads, max_bytes
+        self._room = threading.Condition()  # guards the two counts below
+        self._held = 0  # deliveries handed whose results are not sent yet
+        self._held_bytes = 0  # their encoded outputs
         self._lock = threading.Lock()  # the order queue and the pipe: one sender at a time
-        self._order: "deque[tuple[str, Future[JobResult]]]" = deque()  # (job's name for the log, delivery)
+        # (job's name for the log, its output's bytes, delivery): not the job itself, whose
+        # output is let go once delivered.
+        self._order: "deque[tuple[str, int, Future[JobResult]]]" = deque()
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="delivery")
 
     def hand(self, done: Computed) -> None:
-        """Deliver `done` once a delivery thread is free; returns at once then."""
-        self._slots.acquire()
+        """Deliver `done` once a delivery thread and room for its bytes are free; returns at once then."""
+        size = len(done.rendered.data) if done.rendered is not None else 0
+        with self._room:
+            while self._held and (self._held >= self._max_held or self._held_bytes + size > self._max_bytes):
+                self._room.wait()
+            self._held += 1
+            self._held_bytes += size
         self.mine.computed()  # taken and not computed: delivering, as the pool reads the board
         with self._lock:
             future = self._threads.submit(_finish_or_die, done)
-            self._order.append((done.job.rel, future))  # not `done`: its output goes once delivered
+            self._order.append((done.job.rel, size, future))
         future.add_done_callback(self._send_in_order)
 
     def close(self) -> None:
@@ -221,15 +238,18 @@ class Delivery:
         # Whichever delivery ends sends every result now at the head of the order, its own
         # included once those handed before it are sent.
         with self._lock:
-            while self._order and self._order[0][1].done():
-                rel, future = self._order.popleft()
+            while self._order and self._order[0][2].done():
+                rel, size, future = self._order.popleft()
                 result = future.result()
                 log.debug("delivered %s: %s", rel, type(result).__name__)
                 try:
                     self.conn.send(result)
                 except (OSError, ValueError):
                     self.broken = True
-                self._slots.release()
+                with self._room:
+                    self._held -= 1
+                    self._held_bytes -= size
+                    self._room.notify()
 
 
 def _finish_or_die(done: Computed) -> JobResult:

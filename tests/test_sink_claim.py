@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -660,6 +661,55 @@ def test_a_worker_delivers_side_by_side_and_reports_in_the_order_it_took_the_job
         assert (slow_cfg.paths.outbox / "first_x3.png").read_bytes() == b"output"
         assert (slow_cfg.paths.archive / "first.png").read_bytes() == b"data"
         assert fs.fsyncs() - before >= 6  # the slow job's delivery and archive
+
+
+def test_a_worker_holds_no_more_than_its_byte_budget_of_results_waiting_on_the_disk(tmp_path: Path) -> None:
+    """worker.Delivery bounds the encoded outputs its threads hold by bytes, not only by count:
+    on a disk whose fsyncs take 200 ms, a result that would go past the budget waits (the
+    worker's main thread with it, so it computes nothing new) until the one before is delivered
+    and reported, though delivery threads are free; a result alone goes however big it is, and
+    one that fits goes beside the others at once."""
+    from multiprocessing import Pipe
+
+    from srwatch.process import Rendered
+    from srwatch.worker import BoardSlot, Computed, Delivery
+
+    def rendered(size: int) -> Rendered:
+        return Rendered(data=b"x" * size, ext=".png", input_size=(1, 1), output_size=(3, 3), cached=False, notes=())
+
+    with slow_disk(tmp_path / "backing", tmp_path / "slow", fsync_ms=200):
+        cfg = make_cfg(tmp_path / "slow")
+        big, next_big, small = (claimed(cfg, f"{name}.png") for name in ("big", "next", "small"))
+        supervisor, worker = Pipe()
+        delivery = Delivery(worker, BoardSlot(None, -1), threads=4, max_bytes=1000)
+        handed = threading.Event()
+        second = threading.Thread(target=lambda: (delivery.hand(Computed(next_big, cfg, 0.0, 3, rendered=rendered(600))),
+                                                  handed.set()))
+        try:
+            started = time.monotonic()
+            delivery.hand(Computed(big, cfg, 0.0, 3, rendered=rendered(1200)))  # over the budget, but alone
+            assert time.monotonic() - started < 0.5
+            second.start()
+            # 1200 + 600 > 1000: the second waits while the first is on the slow disk (six fsyncs).
+            assert not handed.wait(0.6)
+            assert not supervisor.poll(0)
+            assert supervisor.poll(10)
+            first = supervisor.recv()
+            assert handed.wait(5), "the second waited on after the first was reported"
+            started = time.monotonic()
+            delivery.hand(Computed(small, cfg, 0.0, 3, rendered=rendered(300)))  # 600 + 300 fits
+            assert time.monotonic() - started < 0.1
+            results = [first]
+            while len(results) < 3:
+                assert supervisor.poll(10), f"results so far: {results}"
+                results.append(supervisor.recv())
+        finally:
+            delivery.close()
+            if second.is_alive() or second.ident is not None:
+                second.join(10)
+        assert [r.job_id for r in results] == [big.id, next_big.id, small.id]
+        assert [type(r).__name__ for r in results] == ["Done", "Done", "Done"]
+        assert (cfg.paths.outbox / "big_x3.png").stat().st_size == 1200
 
 
 def test_an_attempt_is_counted_with_one_wait_on_the_disk_and_read_back_at_recovery(tmp_path: Path) -> None:
