@@ -13,7 +13,10 @@ rename) and the figures say so (no_leases_noticed). Every call goes through a Py
 which takes some CPU of its own: compare runs of this script with each other (A/B on the same
 settings), not with `srwatch bench`.
 
-Reports files/s (first rename to the last output visible) and the fsyncs counted.
+Reports files/s (first rename to the last output visible), the fsyncs counted, and the most
+that waited at once. libfuse2 serves at most 10 requests at a time (FUSE_MAX_WORKERS), each
+waiting fsync holding one: where that figure reaches 10 (at 60 ms and slower), the filesystem,
+not srwatch, sets the pace, unlike a network share, which waits on many at once.
 """
 from __future__ import annotations
 
@@ -63,12 +66,14 @@ def run(files: int, side: int, fsync_ms: float, model: Path, work: Path) -> dict
                 time.sleep(0.01)
             seconds = time.monotonic() - started
             fsyncs = fs.fsyncs() - before
+            at_once = fs.most_at_once()
         finally:
             if proc is not None:
                 stop_daemon(proc)
     log = log_path.read_text(errors="replace")
     return {"files": files, "side": side, "model": model.name, "fsync_ms": fsync_ms, "seconds": seconds,
             "files_per_s": files / seconds, "fsyncs": fsyncs, "fsyncs_per_file": fsyncs / files,
+            "most_fsyncs_at_once": at_once,
             "no_leases_noticed": "has no leases" in log, "stages_ms": _stages(log)}
 
 
@@ -95,7 +100,7 @@ def main() -> int:
         figures = run(args.files, args.side, args.fsync_ms, args.model or DEFAULT_MODEL, Path(tmp))
     print(f"{figures['files']} files of {args.side}x{args.side}, {figures['model']}, fsync {args.fsync_ms:g} ms: "
           f"{figures['files_per_s']:.2f} files/s ({figures['seconds']:.2f} s; "
-          f"{figures['fsyncs_per_file'] or 0:.1f} fsyncs per file)")
+          f"{figures['fsyncs_per_file'] or 0:.1f} fsyncs per file, at most {figures['most_fsyncs_at_once']} at once)")
     print("mean ms per file: " + ", ".join(f"{k} {v:g}" for k, v in figures["stages_ms"].items()))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
