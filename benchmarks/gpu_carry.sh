@@ -18,9 +18,12 @@ platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
 download() { python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
              --implementation cp "${platforms[@]}" -d "$@"; }
 download .gpu/big onnxruntime-gpu==1.31.1
-# model.precision: f16 (onnxconverter-common) and srwatch.config (pydantic), which that image may lack.
+# What that image lacks (its package list: /work/.library/device/KINDS.md): model.precision: f16
+# (onnxconverter-common), srwatch.config (pydantic), and for the daemon itself the watcher, the
+# PNG writer's deflate and the status page (watchdog, isal, starlette, uvicorn, python-multipart).
 download .gpu/small onnxconverter-common==1.16.0 pydantic==2.14.4 pydantic-core==2.50.5 \
-         annotated-types==0.8.0 typing-inspection==0.4.5
+         annotated-types==0.8.0 typing-inspection==0.4.5 watchdog==7.1.0 isal==1.9.1 \
+         starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34
 wheel=$(ls .gpu/big/*.whl)
 (cd .gpu/big && sha256sum "$(basename "$wheel")") > .gpu/small/ort.sha256
 # 50 MiB parts: with the checkout (about 11 MB) each call stays under 64 MiB.
@@ -39,4 +42,8 @@ cat <<MSG
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/ort/*.whl .gpu/small/*.whl && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 &&
     python3 benchmarks/bench_gpu.py --out \$OUT/gpu.json 2>&1 | tee \$OUT/gpu.log;
     python3 benchmarks/bench_precision.py --engine onnxruntime --device cuda --speed-scales 3 --size 1000x1000 2>&1 | tee \$OUT/precision.log
+  then, on the same warm machine (/tmp/site is still there), the daemon on the GPU, auto layout and two workers:
+    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1; for w in auto 2; do python3 -m srwatch.cli bench --models default,standin
+    --workloads small,mixed --contenders srwatch --backlog 0 --set model.engine=onnxruntime --set model.device=cuda
+    --set model.precision=f16 --set pool.workers=\$w --out \$OUT/daemon-\$w; done 2>&1 | tee \$OUT/daemon.log
 MSG
