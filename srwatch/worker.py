@@ -207,27 +207,27 @@ class Delivery:
         self.mine = mine
         self.broken = False  # the pipe to the supervisor is gone: the worker stops
         self._max_held, self._max_bytes = threads, max_bytes
-        self._room = threading.Condition()  # guards the two counts below
-        self._held = 0  # deliveries handed whose results are not sent yet
-        self._held_bytes = 0  # their encoded outputs
-        self._lock = threading.Lock()  # the order queue and the pipe: one sender at a time
-        # (job's name for the log, its output's bytes, delivery): not the job itself, whose
-        # output is let go once delivered.
+        # The order queue, its bytes and the pipe (one sender at a time); hand() waits on it for room.
+        self._lock = threading.Condition()
+        # Deliveries handed whose results are not sent yet, in the order handed: (job's name for
+        # the log, its output's bytes, delivery), not the job itself, whose output is let go
+        # once delivered.
         self._order: "deque[tuple[str, int, Future[JobResult]]]" = deque()
+        self._held_bytes = 0  # their outputs' bytes
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="delivery")
 
     def hand(self, done: Computed) -> None:
         """Deliver `done` once a delivery thread and room for its bytes are free; returns at once then."""
         size = len(done.rendered.data) if done.rendered is not None else 0
-        with self._room:
-            while self._held and (self._held >= self._max_held or self._held_bytes + size > self._max_bytes):
-                self._room.wait()
-            self._held += 1
-            self._held_bytes += size
-        self.mine.computed()  # taken and not computed: delivering, as the pool reads the board
         with self._lock:
+            while self._order and (len(self._order) >= self._max_held
+                                   or self._held_bytes + size > self._max_bytes):
+                self._lock.wait()
+            self._held_bytes += size
+            self.mine.computed()  # taken and not computed: delivering, as the pool reads the board
             future = self._threads.submit(_finish_or_die, done)
             self._order.append((done.job.rel, size, future))
+        # Outside the lock: on a future already done, the callback runs here, and takes it.
         future.add_done_callback(self._send_in_order)
 
     def close(self) -> None:
@@ -246,10 +246,8 @@ class Delivery:
                     self.conn.send(result)
                 except (OSError, ValueError):
                     self.broken = True
-                with self._room:
-                    self._held -= 1
-                    self._held_bytes -= size
-                    self._room.notify()
+                self._held_bytes -= size
+                self._lock.notify()
 
 
 def _finish_or_die(done: Computed) -> JobResult:
